@@ -1,0 +1,22 @@
+"""diffcal: LSST ImageMapReduce, Alard-Lupton kernel decorrelation and jointcal, without the LSST stack.
+
+Submodules are imported lazily so that ``import diffcal`` stays cheap; the public names
+below are resolved on first access.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_SUBMODULES = ("geom", "image", "psf", "kernel", "pipe", "statistics", "cli")
+
+__all__ = ["__version__", *_SUBMODULES]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module 'diffcal' has no attribute {name!r}")
