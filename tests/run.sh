@@ -15,14 +15,29 @@ JOBS=$(nproc 2>/dev/null || echo 2)
 
 step() { printf '\n=== %s ===\n' "$*"; }
 
+# pip, quiet; this machine type's pip configuration warns about absent local indexes on every
+# call, so those lines are dropped (the full log is shown if pip fails).
+pip_install() {
+  local log
+  log=$(mktemp)
+  if python -m pip install -q --disable-pip-version-check "$@" >"$log" 2>&1; then
+    grep -v '^WARNING: Location' "$log" || true
+    rm -f "$log"
+  else
+    cat "$log"
+    rm -f "$log"
+    return 1
+  fi
+}
+
 step "Python environment ($VENV)"
 if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
 # shellcheck disable=SC1091
 . "$VENV/bin/activate"
-python -m pip install -q --disable-pip-version-check --upgrade pip
-python -m pip install -q --disable-pip-version-check "cmeel-eigen>=3.4" ninja cmake
+pip_install --upgrade pip
+pip_install "cmeel-eigen>=3.4" ninja cmake
 
 step "C++ test framework (doctest)"
 if [ ! -f /usr/include/doctest/doctest.h ]; then
@@ -34,7 +49,7 @@ if [ ! -f /usr/include/doctest/doctest.h ]; then
     exit 1
   fi
 fi
-echo "doctest: $(grep -m1 'DOCTEST_VERSION_STR' /usr/include/doctest/doctest.h | awk '{print $3}')"
+echo "doctest $(dpkg-query -W -f '${Version}' doctest-dev 2>/dev/null || echo '(version unknown)')"
 
 EIGEN_PREFIX=$(python -m cmeel cmake 2>/dev/null)
 
@@ -62,7 +77,7 @@ if [ "${DIFFCAL_SKIP_SANITIZERS:-0}" != 1 ]; then
 fi
 
 step "Install diffcal with test extras"
-python -m pip install -q --disable-pip-version-check ".[test]"
+pip_install ".[test]"
 python -c "import diffcal, diffcal._core as c; print('diffcal', diffcal.__version__, c.build_info())"
 
 step "pytest"
