@@ -1,19 +1,22 @@
 // Clipped statistics. The algorithm is the reference's (see statistics.hpp); the work plan is
-// ours and keeps the number of passes over the pixels small:
+// ours and reads a large image once:
 //
-//  1. a sorted deterministic sample of about 65536 pixels gives, for each wanted quartile, a
-//     narrow value bracket that contains it with overwhelming probability;
-//  2. one pass over the pixels copies the candidates (finite, unmasked) into a contiguous
-//     buffer and, at the same time, counts the candidates below each bracket and collects those
-//     inside it; nth_element on the small brackets gives the exact quartiles. A bracket that
-//     misses its rank (adversarial data) is answered by an exact radix selection instead;
-//  3. clipping: one pass over the candidates sums the moments of a "core" band that every
-//     clip window is expected to contain and keeps the thin "edge" bands around it, which are
-//     tested exactly in every pass. A pass whose window does not fit that picture falls back
-//     to a full pass over all candidates. Either way the kept set of each pass is exactly
-//     {v : |v - centre| <= halfWidth}, evaluated in double as the reference does.
+//  1. A deterministic sample of about 65536 pixels (contiguous runs spread over the image)
+//     estimates the quartiles. From it we plan one scan (candidate_scan.hpp) that gathers
+//       - for each quartile, a narrow value bracket around the estimate: the number of
+//         candidates below it and the candidates inside it;
+//       - the moments of a "core" band that every clip window is expected to contain, and the
+//         candidates in thin "edge" bands around it.
+//  2. The exact quartiles come from nth_element on the brackets (numpy's "linear" percentile).
+//  3. Each clipping pass takes the core moments and tests only the edge values exactly.
 //
-// Floating-point sums run over fixed chunks combined in order, so results do not depend on the
+// Whenever the sample misled the plan (a bracket misses its rank, a window does not contain the
+// core band or reaches past the edge bands), that step falls back to exact work on a compact copy
+// of the candidates: radix selection, or a full pass. So every result is exact whatever the data:
+// the kept set of each pass is {v : |v - centre| <= halfWidth}, evaluated in double as the
+// reference does. Small images skip the sampling and use the compact copy directly.
+//
+// Floating-point sums run over fixed chunks combined in order: results do not depend on the
 // thread count.
 #include "diffcal/statistics.hpp"
 
@@ -21,21 +24,26 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <stdexcept>
 #include <string>
-#include <type_traits>
-#include <utility>
 #include <vector>
 
+#include "candidate_scan.hpp"
 #include "diffcal/parallel.hpp"
 
 namespace diffcal {
 
 namespace {
 
+using detail::Moments;
+
 constexpr double kIqrToSigma = 0.741301109252802;  // 1 / (2 * 0.6744897501960817)
-constexpr std::size_t kChunk = std::size_t(1) << 16;  // fixed work split for float sums
+constexpr std::size_t kChunk = std::size_t(1) << 16;
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+constexpr std::size_t kSampleRun = 64;                      // pixels per contiguous sample run
+constexpr std::size_t kSampleSize = std::size_t(1) << 16;  // pixels sampled
+constexpr std::size_t kDirectLimit = std::size_t(1) << 17;  // below this many pixels: no sampling
 
 /// Split [0, n) into nearly equal contiguous blocks, one per thread (for exact integer work).
 struct Blocks {
@@ -50,11 +58,36 @@ Blocks threadBlocks(std::size_t n) {
     return Blocks{n, std::max<std::size_t>(1, std::min(t, n))};
 }
 
-/// Fixed chunks of kChunk elements: the split depends on n only, never on the thread count.
-std::size_t chunkCount(std::size_t n) { return std::max<std::size_t>(1, (n + kChunk - 1) / kChunk); }
+bool isCandidate(double v, std::int32_t m, std::int32_t andMask) { return std::isfinite(v) && (m & andMask) == 0; }
 
 // ----------------------------------------------------------------------------------------------
-// 1. Order-statistics helpers
+// Compact copy of the candidates (small images and fallbacks)
+
+/// The finite values whose mask bits miss `andMask`, in row-major order.
+template <typename T>
+std::vector<T> compactCandidates(ImageView<const T> values, ImageView<const std::int32_t> mask, std::int32_t andMask) {
+    bool const useMask = mask.data != nullptr && andMask != 0;
+    Blocks const rows = threadBlocks(std::size_t(values.height));
+    std::vector<std::vector<T>> partial(rows.count);
+    parallelFor(std::ptrdiff_t(rows.count), [&](std::ptrdiff_t b) {
+        auto& out = partial[std::size_t(b)];
+        for (std::size_t y = rows.begin(std::size_t(b)); y < rows.end(std::size_t(b)); ++y) {
+            for (std::ptrdiff_t x = 0; x < values.width; ++x) {
+                T const v = values(std::ptrdiff_t(y), x);
+                if (isCandidate(double(v), useMask ? mask(std::ptrdiff_t(y), x) : 0, andMask)) out.push_back(v);
+            }
+        }
+    });
+    std::vector<T> all;
+    std::size_t n = 0;
+    for (auto const& p : partial) n += p.size();
+    all.reserve(n);
+    for (auto const& p : partial) all.insert(all.end(), p.begin(), p.end());
+    return all;
+}
+
+// ----------------------------------------------------------------------------------------------
+// Exact order statistics
 
 template <typename T>
 struct KeyOf;
@@ -77,8 +110,7 @@ typename KeyOf<T>::type sortKey(T v) {
     return (bits & sign) ? Key(~bits) : Key(bits | sign);
 }
 
-/// Exact k-th smallest value by most-significant-digit radix selection (16 bits per round):
-/// the fallback when a sample bracket misses. O(n) per round, no full copy of the data.
+/// Exact k-th smallest value by most-significant-digit radix selection (16 bits per round).
 template <typename T>
 T radixSelect(std::vector<T> const& values, std::size_t k) {
     using Key = typename KeyOf<T>::type;
@@ -86,6 +118,11 @@ T radixSelect(std::vector<T> const& values, std::size_t k) {
     constexpr int kBits = 16;
     constexpr std::size_t kBuckets = std::size_t(1) << kBits;
     constexpr std::size_t kGatherLimit = std::size_t(1) << 18;
+    if (values.size() <= kGatherLimit) {
+        std::vector<T> copy = values;
+        std::nth_element(copy.begin(), copy.begin() + std::ptrdiff_t(k), copy.end());
+        return copy[k];
+    }
     Key prefix = 0;
     int prefixBits = 0;
     auto matches = [&](Key key) { return prefixBits == 0 || (key >> (kKeyBits - prefixBits)) == prefix; };
@@ -125,203 +162,55 @@ T radixSelect(std::vector<T> const& values, std::size_t k) {
     }
 }
 
-/// A value range [lo, hi] expected to hold the candidates of rank floor(f (n-1)) and the next,
-/// with the number of candidates below it and the candidates inside it.
-template <typename T>
-struct Bracket {
-    double fraction = 0.0;
-    T lo = std::numeric_limits<T>::lowest();
-    T hi = std::numeric_limits<T>::max();
-    std::size_t below = 0;
-    std::vector<T> inside;
-};
-
-/// Brackets for the given fractions from a deterministic sample of the candidates: about
-/// 65536 evenly spaced pixels, sorted; each bracket spans the sample quantile +- 6 sigma of the
-/// sample's rank noise. With too small a sample the bracket is the whole range (still exact).
-template <typename T>
-std::vector<Bracket<T>> sampleBrackets(ImageView<const T> values, ImageView<const std::int32_t> mask,
-                                       std::int32_t andMask, std::vector<double> const& fractions) {
-    std::size_t const npix = std::size_t(values.size());
-    std::size_t const want = std::min<std::size_t>(npix, std::size_t(1) << 16);
-    std::vector<T> sample;
-    sample.reserve(want);
-    bool const useMask = mask.data != nullptr && andMask != 0;
-    for (std::size_t i = 0; i < want; ++i) {
-        std::size_t const p = i * npix / want;
-        auto const y = std::ptrdiff_t(p / std::size_t(values.width)), x = std::ptrdiff_t(p % std::size_t(values.width));
-        T const v = values(y, x);
-        if (std::isfinite(v) && (!useMask || (mask(y, x) & andMask) == 0)) sample.push_back(v);
-    }
-    std::sort(sample.begin(), sample.end());
-    std::size_t const m = sample.size();
-    std::vector<Bracket<T>> brackets(fractions.size());
-    if (m < 256) return brackets;  // whole-range brackets
-    double const margin = 3.0 * std::sqrt(double(m)) + 16.0;
-    for (std::size_t r = 0; r < fractions.size(); ++r) {
-        double const s = fractions[r] * double(m - 1);
-        auto const lo = std::ptrdiff_t(std::floor(s - margin));
-        auto const hi = std::ptrdiff_t(std::ceil(s + 1.0 + margin));
-        brackets[r].fraction = fractions[r];
-        if (lo > 0) brackets[r].lo = sample[std::size_t(lo)];
-        if (hi < std::ptrdiff_t(m) - 1) brackets[r].hi = sample[std::size_t(hi)];
-    }
-    return brackets;
+/// numpy's "linear" interpolation between the values a (rank k) and b (rank k + 1).
+double lerp(double a, double b, double t) {
+    if (t == 0.0) return a;
+    double const diff = b - a;
+    return t < 0.5 ? a + diff * t : b - diff * (1.0 - t);
 }
 
-// ----------------------------------------------------------------------------------------------
-// 2. One pass over the pixels: candidates and quantile brackets
-
-/// Copy the finite values whose mask bits miss `andMask` into one buffer in row-major order (so
-/// the sequence never depends on the thread count) and, in the same pass, fill the brackets.
-/// The inner loop has no data-dependent branches: values are always written and cursors
-/// advance only when they should; bracket hits go through a small local buffer.
-template <typename T>
-std::vector<T> compactCandidates(ImageView<const T> values, ImageView<const std::int32_t> mask,
-                                 std::int32_t andMask, std::vector<Bracket<T>>& brackets) {
-    constexpr std::size_t kMaxBrackets = 4;
-    constexpr std::size_t kLocal = 1024;
-    if (brackets.size() > kMaxBrackets) throw std::logic_error("compactCandidates: too many brackets");
-    std::size_t const height = std::size_t(values.height);
-    std::size_t const width = std::size_t(values.width);
-    bool const useMask = mask.data != nullptr && andMask != 0;
-    std::size_t const nb = brackets.size();
-    T lo[kMaxBrackets], hi[kMaxBrackets];
-    for (std::size_t r = 0; r < kMaxBrackets; ++r) {
-        lo[r] = r < nb ? brackets[r].lo : std::numeric_limits<T>::max();
-        hi[r] = r < nb ? brackets[r].hi : std::numeric_limits<T>::lowest();
-    }
-    std::vector<T> out(height * width);
-    Blocks const rows = threadBlocks(height);
-    std::vector<std::size_t> counts(rows.count, 0);
-    std::vector<std::vector<Bracket<T>>> partial(rows.count, std::vector<Bracket<T>>(nb));
-    parallelFor(std::ptrdiff_t(rows.count), [&](std::ptrdiff_t bi) {
-        auto const b = std::size_t(bi);
-        T* dst = out.data() + rows.begin(b) * width;
-        std::size_t k = 0;
-        std::size_t below[kMaxBrackets] = {0, 0, 0, 0};
-        T local[kMaxBrackets][kLocal];
-        std::size_t nLocal[kMaxBrackets] = {0, 0, 0, 0};
-        auto flush = [&]() {
-            for (std::size_t r = 0; r < nb; ++r) {
-                auto& in = partial[b][r].inside;
-                in.insert(in.end(), local[r], local[r] + nLocal[r]);
-                nLocal[r] = 0;
-            }
-        };
-        // The pixel loop, instantiated for unit and general column strides (unit strides let the
-        // compiler drop the stride multiplications).
-        auto scanRows = [&](auto vs, auto ms) {
-            for (std::size_t y = rows.begin(b); y < rows.end(b); ++y) {
-                T const* row = values.row(std::ptrdiff_t(y));
-                std::int32_t const* mrow = useMask ? mask.row(std::ptrdiff_t(y)) : nullptr;
-                for (std::size_t x0 = 0; x0 < width; x0 += kLocal) {
-                    std::size_t const x1 = std::min(width, x0 + kLocal);
-                    for (std::size_t x = x0; x < x1; ++x) {
-                        T const v = row[std::ptrdiff_t(x) * vs];
-                        bool keep = std::isfinite(v);
-                        if (mrow != nullptr) keep &= (mrow[std::ptrdiff_t(x) * ms] & andMask) == 0;
-                        dst[k] = v;
-                        k += keep;
-                        for (std::size_t r = 0; r < kMaxBrackets; ++r) {
-                            below[r] += keep & (v < lo[r]);
-                            local[r][nLocal[r]] = v;
-                            nLocal[r] += keep & (v >= lo[r]) & (v <= hi[r]);
-                        }
-                    }
-                    flush();
-                }
-            }
-        };
-        if (values.colStride == 1 && (!useMask || mask.colStride == 1)) {
-            scanRows(std::integral_constant<std::ptrdiff_t, 1>{}, std::integral_constant<std::ptrdiff_t, 1>{});
-        } else {
-            scanRows(values.colStride, mask.colStride);
-        }
-        counts[b] = k;
-        for (std::size_t r = 0; r < nb; ++r) partial[b][r].below = below[r];
-    });
-    // Close the gaps between blocks (blocks are in order, so moving left is safe).
-    std::size_t total = counts[0];
-    for (std::size_t b = 1; b < rows.count; ++b) {
-        std::memmove(out.data() + total, out.data() + rows.begin(b) * width, counts[b] * sizeof(T));
-        total += counts[b];
-    }
-    out.resize(total);
-    for (std::size_t r = 0; r < nb; ++r) {
-        for (auto const& p : partial) {
-            brackets[r].below += p[r].below;
-            brackets[r].inside.insert(brackets[r].inside.end(), p[r].inside.begin(), p[r].inside.end());
-        }
-    }
-    return out;
+/// Rank k and the interpolation weight of fraction f among n values.
+std::pair<std::size_t, double> rankOf(double f, std::size_t n) {
+    double const pos = f * double(n - 1);
+    auto const k = std::size_t(std::floor(pos));
+    return {k, pos - double(k)};
 }
 
-/// numpy's "linear" percentile for each bracket's fraction, exact: nth_element inside the
-/// bracket when it holds the wanted ranks, radix selection over all candidates otherwise.
+/// Exact quantile of a compact candidate copy (copies small inputs, radix-selects large ones).
 template <typename T>
-std::vector<double> bracketQuantiles(std::vector<T> const& cand, std::vector<Bracket<T>>& brackets) {
-    std::size_t const n = cand.size();
-    std::vector<double> out(brackets.size(), kNaN);
+double compactQuantile(std::vector<T> const& cand, double f) {
+    if (cand.empty()) return kNaN;
+    auto const [k, t] = rankOf(f, cand.size());
+    double const a = double(radixSelect(cand, k));
+    if (t == 0.0 || k + 1 >= cand.size()) return a;
+    return lerp(a, double(radixSelect(cand, k + 1)), t);
+}
+
+/// Exact quantiles at ascending fractions by successive partitions of `work` (reordered): each
+/// nth_element runs on the part above the previous rank, so three quartiles cost about two
+/// passes over the data.
+template <typename T>
+std::vector<double> quantilesInPlace(std::vector<T>& work, std::vector<double> const& ascendingFractions) {
+    std::vector<double> out(ascendingFractions.size(), kNaN);
+    std::size_t const n = work.size();
     if (n == 0) return out;
-    parallelFor(std::ptrdiff_t(brackets.size()), [&](std::ptrdiff_t ri) {
-        Bracket<T>& br = brackets[std::size_t(ri)];
-        double const pos = br.fraction * double(n - 1);
-        auto const k = std::size_t(std::floor(pos));
-        std::size_t const k1 = std::min(k + 1, n - 1);
-        T a, b;
-        if (k >= br.below && k1 - br.below < br.inside.size()) {
-            auto const kth = br.inside.begin() + std::ptrdiff_t(k - br.below);
-            std::nth_element(br.inside.begin(), kth, br.inside.end());
-            a = *kth;
-            b = k1 == k ? a : *std::min_element(kth + 1, br.inside.end());
-        } else {
-            a = radixSelect(cand, k);
-            b = radixSelect(cand, k1);
-        }
-        double const t = pos - double(k);
-        double const diff = double(b) - double(a);
-        out[std::size_t(ri)] = t == 0.0 ? double(a) : (t < 0.5 ? double(a) + diff * t : double(b) - diff * (1.0 - t));
-    });
+    auto from = work.begin();
+    for (std::size_t i = 0; i < ascendingFractions.size(); ++i) {
+        auto const [k, t] = rankOf(ascendingFractions[i], n);
+        auto const kth = work.begin() + std::ptrdiff_t(k);
+        if (kth >= from) std::nth_element(from, kth, work.end());
+        double const a = double(*kth);
+        double const b = k + 1 < n ? double(*std::min_element(kth + 1, work.end())) : a;
+        out[i] = k + 1 < n ? lerp(a, b, t) : a;
+        from = kth + 1;
+    }
     return out;
 }
 
-/// Candidates and their quantiles at `fractions` (at most 4), in one pass over the pixels.
-template <typename T>
-std::vector<T> candidatesAndQuantiles(ImageView<const T> values, ImageView<const std::int32_t> mask,
-                                      std::int32_t andMask, std::vector<double> const& fractions,
-                                      std::vector<double>& quantilesOut) {
-    if (mask.data != nullptr) requireSameShape(values, mask, "values", "mask");
-    std::vector<Bracket<T>> brackets = sampleBrackets(values, mask, andMask, fractions);
-    for (std::size_t r = 0; r < fractions.size(); ++r) brackets[r].fraction = fractions[r];
-    std::vector<T> cand = compactCandidates(values, mask, andMask, brackets);
-    quantilesOut = bracketQuantiles(cand, brackets);
-    return cand;
-}
-
 // ----------------------------------------------------------------------------------------------
-// 3. Clipping passes
+// Clipping passes
 
-struct Moments {
-    std::int64_t n = 0;
-    double sum = 0.0;    // sum of (v - reference)
-    double sumSq = 0.0;  // sum of (v - reference)^2
-
-    Moments& operator+=(Moments const& o) {
-        n += o.n;
-        sum += o.sum;
-        sumSq += o.sumSq;
-        return *this;
-    }
-
-    /// The same moments taken about `newRef` instead of `ref` (parallel-axis theorem).
-    Moments recentred(double ref, double newRef) const {
-        double const delta = ref - newRef;
-        return Moments{n, sum + double(n) * delta, sumSq + 2.0 * delta * sum + double(n) * delta * delta};
-    }
-};
-
-/// Moments about `centre` of the values with |v - centre| <= halfWidth, over `values[begin,end)`.
+/// Moments about `centre` of the values with |v - centre| <= halfWidth, over values[begin, end).
 /// Several accumulators break the add dependency chain; they are combined in a fixed order.
 template <typename T>
 Moments windowMoments(T const* values, std::size_t begin, std::size_t end, double centre, double halfWidth) {
@@ -355,10 +244,10 @@ Moments windowMoments(T const* values, std::size_t begin, std::size_t end, doubl
     return m;
 }
 
-/// A full clipping pass over every candidate (fixed chunks, ordered combination).
+/// A full clipping pass over a compact candidate copy (fixed chunks, ordered combination).
 template <typename T>
 Moments fullPass(std::vector<T> const& values, double centre, double halfWidth) {
-    std::size_t const nChunks = chunkCount(values.size());
+    std::size_t const nChunks = std::max<std::size_t>(1, (values.size() + kChunk - 1) / kChunk);
     std::vector<Moments> partial(nChunks);
     parallelFor(std::ptrdiff_t(nChunks), [&](std::ptrdiff_t c) {
         std::size_t const begin = std::size_t(c) * kChunk;
@@ -370,59 +259,193 @@ Moments fullPass(std::vector<T> const& values, double centre, double halfWidth) 
     return total;
 }
 
-/// The candidates split by value into a core band [coreLo, coreHi] (moments about `ref` summed
-/// once) and edge values in [outerLo, coreLo) U (coreHi, outerHi] kept for exact tests; values
-/// outside [outerLo, outerHi] are only counted.
-template <typename T>
-struct Bands {
-    double ref, coreLo, coreHi, outerLo, outerHi;
-    Moments core;
-    std::vector<T> edge;
+/// Mean and unbiased variance of a pass from its moments about `centre`.
+void finishPass(Moments const& m, double centre, ClippedStatistics& out) {
+    out.nUsed = m.n;
+    if (m.n == 0) {
+        out.mean = out.variance = kNaN;
+        return;
+    }
+    out.mean = centre + m.sum / double(m.n);
+    out.variance = m.n > 1 ? (m.sumSq - m.sum * m.sum / double(m.n)) / double(m.n - 1) : kNaN;
+}
 
-    Bands(std::vector<T> const& values, double ref_, double coreLo_, double coreHi_, double outerLo_,
-          double outerHi_)
-        : ref(ref_), coreLo(coreLo_), coreHi(coreHi_), outerLo(outerLo_), outerHi(outerHi_) {
-        std::size_t const nChunks = chunkCount(values.size());
-        std::vector<Moments> partialCore(nChunks);
-        std::vector<std::vector<T>> partialEdge(nChunks);
-        parallelFor(std::ptrdiff_t(nChunks), [&](std::ptrdiff_t c) {
-            std::size_t const begin = std::size_t(c) * kChunk;
-            std::size_t const end = std::min(values.size(), begin + kChunk);
-            double const half = 0.5 * (coreHi - coreLo), mid = 0.5 * (coreHi + coreLo);
-            // Core moments use the same kernel as a clip pass: window = core band about mid.
-            Moments m = windowMoments(values.data(), begin, end, mid, half);
-            auto& edgeOut = partialEdge[std::size_t(c)];
-            for (std::size_t j = begin; j < end; ++j) {
-                double const v = double(values[j]);
-                if (std::abs(v - mid) > half && v >= outerLo && v <= outerHi) edgeOut.push_back(values[j]);
-            }
-            partialCore[std::size_t(c)] = m.recentred(mid, ref);
-        });
-        for (auto const& m : partialCore) core += m;
-        for (auto const& e : partialEdge) edge.insert(edge.end(), e.begin(), e.end());
+/// The reference's clipping passes, each a full pass over a compact candidate copy.
+template <typename T>
+void clipPasses(std::vector<T> const& cand, ClipControl const& control, ClippedStatistics& out) {
+    double centre = out.median;
+    double halfWidth = control.nSigma * kIqrToSigma * out.iqr;
+    for (int pass = 0; pass < control.nIter; ++pass) {
+        finishPass(fullPass(cand, centre, halfWidth), centre, out);
+        centre = out.mean;
+        halfWidth = control.nSigma * std::sqrt(out.variance);
+    }
+}
+
+// ----------------------------------------------------------------------------------------------
+// The planned single scan
+
+/// Sorted sample of candidates: kSampleSize pixels in contiguous runs spread over the image.
+template <typename T>
+std::vector<T> sampleCandidates(ImageView<const T> values, ImageView<const std::int32_t> mask, std::int32_t andMask) {
+    std::size_t const npix = std::size_t(values.size());
+    std::size_t const width = std::size_t(values.width);
+    std::size_t const runs = kSampleSize / kSampleRun;
+    bool const useMask = mask.data != nullptr && andMask != 0;
+    std::vector<T> sample;
+    sample.reserve(kSampleSize);
+    for (std::size_t r = 0; r < runs; ++r) {
+        std::size_t const start = r * (npix - kSampleRun) / (runs - 1);
+        for (std::size_t p = start; p < start + kSampleRun; ++p) {
+            auto const y = std::ptrdiff_t(p / width), x = std::ptrdiff_t(p % width);
+            T const v = values(y, x);
+            if (isCandidate(double(v), useMask ? mask(y, x) : 0, andMask)) sample.push_back(v);
+        }
+    }
+    std::sort(sample.begin(), sample.end());
+    return sample;
+}
+
+/// Lowest value of T that is >= x (so [lo, ...) ranges built from doubles are conservative).
+template <typename T>
+T ceilTo(double x) {
+    if (!(x > double(std::numeric_limits<T>::lowest()))) return std::numeric_limits<T>::lowest();
+    if (!(x < double(std::numeric_limits<T>::max()))) return std::numeric_limits<T>::max();
+    T v = T(x);
+    if (double(v) < x) v = std::nextafter(v, std::numeric_limits<T>::infinity());
+    return v;
+}
+
+template <typename T>
+ClippedStatistics plannedStatistics(ImageView<const T> values, ImageView<const std::int32_t> mask,
+                                    ClipControl const& control, std::vector<T> const& sample) {
+    using detail::ScanPlan;
+    std::size_t const m = sample.size();
+    double const fractions[3] = {0.25, 0.5, 0.75};
+
+    // Brackets: the sample quantile +- about 6 sigma of the sample's rank noise (inclusive).
+    ScanPlan<T> plan;
+    double const margin = 3.0 * std::sqrt(double(m)) + 16.0;
+    for (int q = 0; q < 3; ++q) {
+        double const s = fractions[q] * double(m - 1);
+        auto const lo = std::ptrdiff_t(std::floor(s - margin));
+        auto const hi = std::ptrdiff_t(std::ceil(s + 1.0 + margin));
+        T const loV = lo > 0 ? sample[std::size_t(lo)] : std::numeric_limits<T>::lowest();
+        T const hiV = hi < std::ptrdiff_t(m) - 1 ? std::nextafter(sample[std::size_t(hi)], std::numeric_limits<T>::infinity())
+                                                 : std::numeric_limits<T>::infinity();
+        plan.bound[q] = loV;
+        plan.rangeLo[q] = loV;
+        plan.rangeHi[q] = hiV;
+    }
+    plan.nBounds = 3;
+    plan.nRanges = 3;
+
+    // Bands around the expected clip windows (sample median +- nSigma sample sigma).
+    auto sampleQuantile = [&](double f) {
+        auto const [k, t] = rankOf(f, m);
+        return lerp(double(sample[k]), double(sample[std::min(k + 1, m - 1)]), t);
+    };
+    double const med = sampleQuantile(0.5);
+    double const sigma = kIqrToSigma * (sampleQuantile(0.75) - sampleQuantile(0.25));
+    double const hw = control.nSigma * sigma;
+    bool const banded = sigma > 0.0 && std::isfinite(hw);
+    if (banded) {
+        T const outerLo = ceilTo<T>(med - hw - 0.8 * sigma), coreLo = ceilTo<T>(med - hw + 0.4 * sigma);
+        T const coreHi = ceilTo<T>(med + hw - 0.4 * sigma), outerHi = ceilTo<T>(med + hw + 0.8 * sigma);
+        plan.coreLo = coreLo;
+        plan.coreHi = coreHi;
+        plan.ref = med;
+        plan.rangeLo[3] = outerLo;
+        plan.rangeHi[3] = coreLo;
+        plan.rangeLo[4] = coreHi;
+        plan.rangeHi[4] = outerHi;
+        plan.nRanges = 5;
     }
 
-    /// True if the window [centre - halfWidth, centre + halfWidth] surely contains every core
-    /// value and surely excludes every value outside the outer band, whatever the rounding.
-    bool covers(double centre, double halfWidth) const {
-        double const slack = 1e-9 * (std::abs(centre) + halfWidth + std::abs(outerLo) + std::abs(outerHi));
+    detail::ScanResult<T> scan = detail::scanCandidates(values, mask, control.andMask, plan);
+    ClippedStatistics out;
+    out.nCandidates = scan.nCandidates;
+    if (out.nCandidates == 0) {
+        out.mean = out.variance = out.median = out.iqr = kNaN;
+        return out;
+    }
+    auto const n = std::size_t(out.nCandidates);
+    std::unique_ptr<std::vector<T>> compact;  // built only if the plan misses
+    auto compactCopy = [&]() -> std::vector<T> const& {
+        if (!compact) compact = std::make_unique<std::vector<T>>(compactCandidates(values, mask, control.andMask));
+        return *compact;
+    };
+
+    // Exact quartiles.
+    double quart[3];
+    parallelFor(3, [&](std::ptrdiff_t q) {
+        auto const [k, t] = rankOf(fractions[q], n);
+        std::size_t const k1 = std::min(k + 1, n - 1);
+        std::size_t const below = n - std::size_t(scan.atLeast[q]);
+        std::vector<T>& inside = scan.range[q];
+        if (k >= below && k1 - below < inside.size()) {
+            auto const kth = inside.begin() + std::ptrdiff_t(k - below);
+            std::nth_element(inside.begin(), kth, inside.end());
+            T const next = k1 == k ? *kth : *std::min_element(kth + 1, inside.end());
+            quart[q] = lerp(double(*kth), double(next), t);
+        } else {
+            quart[q] = kNaN;  // resolved below, outside the parallel region
+        }
+    });
+    for (int q = 0; q < 3; ++q) {
+        if (std::isnan(quart[q])) quart[q] = compactQuantile(compactCopy(), fractions[q]);
+    }
+    out.median = quart[1];
+    out.iqr = quart[2] - quart[0];
+
+    // Clipping passes: core moments + exact tests of the edge values, or a full pass.
+    std::vector<T> edges;
+    if (banded) {
+        edges = std::move(scan.range[3]);
+        edges.insert(edges.end(), scan.range[4].begin(), scan.range[4].end());
+    }
+    auto covered = [&](double centre, double halfWidth) {
+        if (!banded) return false;
         double const lo = centre - halfWidth, hi = centre + halfWidth;
-        return lo < coreLo - slack && hi > coreHi + slack && lo > outerLo + slack && hi < outerHi - slack;
+        double const slack = 1e-9 * (std::abs(centre) + std::abs(halfWidth) + std::abs(double(plan.rangeLo[3])) +
+                                     std::abs(double(plan.rangeHi[4])));
+        return lo < double(plan.coreLo) - slack && hi > double(plan.coreHi) + slack &&
+               lo > double(plan.rangeLo[3]) + slack && hi < double(plan.rangeHi[4]) - slack;
+    };
+    double centre = out.median;
+    double halfWidth = control.nSigma * kIqrToSigma * out.iqr;
+    for (int pass = 0; pass < control.nIter; ++pass) {
+        Moments mo;
+        if (covered(centre, halfWidth)) {
+            mo = scan.core.recentred(plan.ref, centre);
+            mo += windowMoments(edges.data(), 0, edges.size(), centre, halfWidth);
+        } else {
+            mo = fullPass(compactCopy(), centre, halfWidth);
+        }
+        finishPass(mo, centre, out);
+        centre = out.mean;
+        halfWidth = control.nSigma * std::sqrt(out.variance);
     }
-
-    /// Moments about `centre` of the window, when covers() holds.
-    Moments window(double centre, double halfWidth) const {
-        Moments m = core.recentred(ref, centre);
-        m += windowMoments(edge.data(), 0, edge.size(), centre, halfWidth);
-        return m;
-    }
-};
-
-}  // namespace
+    return out;
+}
 
 template <typename T>
-ClippedStatistics clippedStatistics(ImageView<const T> values, ImageView<const std::int32_t> mask,
-                                    ClipControl const& control) {
+ClippedStatistics directStatistics(std::vector<T> const& cand, ClipControl const& control) {
+    ClippedStatistics out;
+    out.nCandidates = std::int64_t(cand.size());
+    if (cand.empty()) {
+        out.mean = out.variance = out.median = out.iqr = kNaN;
+        return out;
+    }
+    std::vector<T> work = cand;
+    std::vector<double> const q = quantilesInPlace(work, {0.25, 0.5, 0.75});
+    out.median = q[1];
+    out.iqr = q[2] - q[0];
+    clipPasses(cand, control, out);
+    return out;
+}
+
+void checkControl(ClipControl const& control) {
     if (!(control.nSigma > 0.0) || !std::isfinite(control.nSigma)) {
         throw std::invalid_argument("clippedStatistics: nSigma must be positive and finite, got " +
                                     std::to_string(control.nSigma));
@@ -430,46 +453,20 @@ ClippedStatistics clippedStatistics(ImageView<const T> values, ImageView<const s
     if (control.nIter < 1) {
         throw std::invalid_argument("clippedStatistics: nIter must be >= 1, got " + std::to_string(control.nIter));
     }
-    std::vector<double> q;
-    std::vector<T> const cand = candidatesAndQuantiles(values, mask, control.andMask, {0.25, 0.5, 0.75}, q);
+}
 
-    ClippedStatistics out;
-    out.nCandidates = std::int64_t(cand.size());
-    if (cand.empty()) {
-        out.mean = out.variance = out.median = out.iqr = kNaN;
-        return out;
-    }
-    out.median = q[1];
-    out.iqr = q[2] - q[0];
+}  // namespace
 
-    double centre = out.median;
-    double halfWidth = control.nSigma * kIqrToSigma * out.iqr;
-    // Later windows move by a fraction of sigma around the first one: sum the moments of the
-    // values well inside it once, and re-test only the values near its edges in each pass.
-    double const sigma = kIqrToSigma * out.iqr;
-    bool const banded = control.nIter > 1 && sigma > 0.0 && std::isfinite(halfWidth);
-    Bands<T> const* bands = nullptr;
-    std::vector<Bands<T>> storage;
-    if (banded) {
-        double const inner = 0.3 * sigma, outer = 0.6 * sigma;
-        storage.emplace_back(cand, centre, centre - halfWidth + inner, centre + halfWidth - inner,
-                             centre - halfWidth - outer, centre + halfWidth + outer);
-        bands = &storage.front();
+template <typename T>
+ClippedStatistics clippedStatistics(ImageView<const T> values, ImageView<const std::int32_t> mask,
+                                    ClipControl const& control) {
+    checkControl(control);
+    if (mask.data != nullptr) requireSameShape(values, mask, "values", "mask");
+    if (std::size_t(values.size()) > kDirectLimit) {
+        std::vector<T> const sample = sampleCandidates(values, mask, control.andMask);
+        if (sample.size() >= 1024) return plannedStatistics(values, mask, control, sample);
     }
-    for (int pass = 0; pass < control.nIter; ++pass) {
-        Moments const m = (bands != nullptr && bands->covers(centre, halfWidth)) ? bands->window(centre, halfWidth)
-                                                                               : fullPass(cand, centre, halfWidth);
-        out.nUsed = m.n;
-        if (m.n == 0) {
-            out.mean = out.variance = kNaN;
-        } else {
-            out.mean = centre + m.sum / double(m.n);
-            out.variance = m.n > 1 ? (m.sumSq - m.sum * m.sum / double(m.n)) / double(m.n - 1) : kNaN;
-        }
-        centre = out.mean;
-        halfWidth = control.nSigma * std::sqrt(out.variance);
-    }
-    return out;
+    return directStatistics(compactCandidates(values, mask, control.andMask), control);
 }
 
 template <typename T>
@@ -478,9 +475,8 @@ double candidateQuantile(ImageView<const T> values, ImageView<const std::int32_t
     if (!(fraction >= 0.0 && fraction <= 1.0)) {
         throw std::invalid_argument("candidateQuantile: fraction must be in [0, 1], got " + std::to_string(fraction));
     }
-    std::vector<double> q;
-    candidatesAndQuantiles(values, mask, andMask, {fraction}, q);
-    return q[0];
+    if (mask.data != nullptr) requireSameShape(values, mask, "values", "mask");
+    return compactQuantile(compactCandidates(values, mask, andMask), fraction);
 }
 
 template ClippedStatistics clippedStatistics<float>(ImageView<const float>, ImageView<const std::int32_t>,
