@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import diffcal
-from diffcal import _core, cli
+from diffcal import _core, cli, demo
 
 HAVE_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 DEMO_SIZE = 256
@@ -112,7 +112,7 @@ def test_demo_succeeds_with_progress_and_summary(demo_run) -> None:
     assert status == 0, err
     assert err == ""
     lines = out.splitlines()
-    total = len(cli.DEMO_STEPS) + 1
+    total = len(demo.DEMO_STEPS) + 1
     progress = [line for line in lines if re.match(r"\[\d+/\d+\] ", line)]
     assert [p.split("]")[0] + "]" for p in progress] == [f"[{i}/{total}]" for i in range(1, total + 1)]
     assert lines[-1].startswith("diffcal demo: OK in ")
@@ -256,11 +256,11 @@ def test_failing_step_reports_error_and_leaves_no_stale_metrics(tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "metrics.json").write_text('{"success": true}\n')  # from an "earlier run"
 
-    def explode(ctx: cli.DemoContext) -> None:
+    def explode(ctx: demo.DemoContext) -> None:
         raise ValueError("synthetic failure")
 
-    steps = [cli.DEMO_STEPS[0], cli.DemoStep("explode", "Failing on purpose", explode)]
-    monkeypatch.setattr(cli, "DEMO_STEPS", steps)
+    steps = [demo.DEMO_STEPS[0], demo.DemoStep("explode", "Failing on purpose", explode)]
+    monkeypatch.setattr(demo._framework, "DEMO_STEPS", steps)
     status, out, err = run_main(["demo", "--size", "64", "-o", str(tmp_path)])
     assert status == 1
     assert "diffcal demo: error: ValueError: synthetic failure" in err and "Traceback" not in err
@@ -270,14 +270,14 @@ def test_failing_step_reports_error_and_leaves_no_stale_metrics(tmp_path: Path,
 
 
 def test_failed_check_gives_status_1(tmp_path: Path) -> None:
-    def failing_check(ctx: cli.DemoContext) -> None:
+    def failing_check(ctx: demo.DemoContext) -> None:
         ctx.report.section("custom")["answer"] = 41
         ctx.report.check("answer_is_42", ctx.report.section("custom")["answer"] == 42)
 
-    options = cli.DemoOptions(output=tmp_path, size=64, seed=0, quiet=True)
+    options = demo.DemoOptions(output=tmp_path, size=64, seed=0, quiet=True)
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        status = cli.run_demo(options, steps=[cli.DemoStep("custom", "Custom step", failing_check)])
+        status = demo.run_demo(options, steps=[demo.DemoStep("custom", "Custom step", failing_check)])
     assert status == 1
     assert out.getvalue().startswith("diffcal demo: FAILED check(s) answer_is_42")
     assert "answer_is_42" in err.getvalue()
@@ -288,7 +288,7 @@ def test_failed_check_gives_status_1(tmp_path: Path) -> None:
 
 def test_demo_step_registration_rejects_duplicates() -> None:
     with pytest.raises(ValueError, match="already registered"):
-        cli.demo_step("exposure", "again")(lambda ctx: None)
+        demo.demo_step("exposure", "again")(lambda ctx: None)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,119 @@
+"""Plots of diffcal objects (matplotlib, optional dependency; imported lazily).
+
+Figures are drawn on matplotlib's Agg canvas directly (no pyplot, no global state), so they work
+headless and in threads.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import numpy as np
+
+    from .image import Exposure
+
+__all__ = ["plot_exposure"]
+
+
+def _block_or(mask: "np.ndarray", block: int) -> "np.ndarray":
+    """OR of the mask bits over ``block x block`` pixel blocks (keeps thin features visible)."""
+    import numpy as np
+
+    if block <= 1:
+        return mask
+    h, w = mask.shape
+    padded = np.zeros((-(-h // block) * block, -(-w // block) * block), dtype=mask.dtype)
+    padded[:h, :w] = mask
+    blocks = padded.reshape(padded.shape[0] // block, block, padded.shape[1] // block, block)
+    return np.bitwise_or.reduce(np.bitwise_or.reduce(blocks, axis=3), axis=1)
+
+
+#: Mask planes drawn in the plot, with their colours (later ones are drawn on top).
+_PLOT_PLANES = (("DETECTED", "#3b7dd8"), ("SAT", "#f2c12e"), ("BAD", "#d62728"))
+_NAN_COLOUR = "#ff00ff"
+
+
+def plot_exposure(exposure: "Exposure", path: Path, *, title: str = "") -> None:
+    """Write a PNG: the image with an asinh stretch and the mask planes, side by side.
+
+    Uses matplotlib's Agg canvas directly (no pyplot, no global backend change). Raises
+    ImportError when matplotlib is not installed.
+
+    Parameters
+    ----------
+    exposure : diffcal.image.Exposure
+        Exposure to draw (parent coordinates on the axes).
+    path : pathlib.Path
+        Output PNG, replaced atomically.
+    title : str
+        Figure title.
+    """
+    import matplotlib
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.colors import to_rgb
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    from .statistics import clippedStatistics
+
+    image = exposure.image
+    mask = exposure.maskedImage.mask
+    x0, y0 = exposure.getXY0()
+    h, w = image.shape
+    extent = (x0 - 0.5, x0 + w - 0.5, y0 - 0.5, y0 + h - 0.5)
+
+    # asinh stretch: linear within ~2 sigma of the sky, logarithmic for the stars
+    stats = clippedStatistics(image, mask.array, andMask=mask.getPlaneBitMask(["BAD", "SAT"]))
+    sigma = math.sqrt(stats.variance) if stats.variance > 0 else 1.0
+    soft = 2.0 * sigma
+    with np.errstate(invalid="ignore"):
+        stretched = np.arcsinh((image - stats.mean) / soft)
+    finite = stretched[np.isfinite(stretched)]
+    vmin = math.asinh(-2.0 * sigma / soft)
+    vmax = float(np.percentile(finite, 99.9)) if finite.size else 1.0
+    vmax = max(vmax, math.asinh(50.0 * sigma / soft))
+
+    # OR-pool the mask so that no block is lost when the ~540-pixel-wide panel is drawn
+    block = max(1, math.ceil(max(h, w) / 500))
+    pooled = _block_or(mask.array, block)
+    nan_pooled = _block_or(np.isnan(image).astype(np.int32), block) != 0
+    rgb = np.empty(pooled.shape + (3,), dtype=np.float32)
+    rgb[...] = 0.12
+    legend = []
+    planes = mask.getMaskPlaneDict()
+    for name, colour in _PLOT_PLANES:
+        if name not in planes:
+            continue
+        hit = (pooled & mask.getPlaneBitMask(name)) != 0
+        rgb[hit] = to_rgb(colour)
+        legend.append(Patch(color=colour, label=f"{name} ({int(np.count_nonzero(mask.array & mask.getPlaneBitMask(name)))} px)"))
+    rgb[nan_pooled] = to_rgb(_NAN_COLOUR)
+    legend.append(Patch(color=_NAN_COLOUR, label=f"NaN ({int(np.count_nonzero(np.isnan(image)))} px)"))
+
+    fig = Figure(figsize=(13.0, 6.4), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax_img, ax_mask = fig.subplots(1, 2, sharex=True, sharey=True)
+    cmap = matplotlib.colormaps["gray"].with_extremes(bad=_NAN_COLOUR)
+    im = ax_img.imshow(stretched, origin="lower", extent=extent, cmap=cmap, vmin=vmin, vmax=vmax,
+                       interpolation="antialiased")
+    fig.colorbar(im, ax=ax_img, shrink=0.8, label=f"asinh((image - {stats.mean:.3g}) / {soft:.3g})")
+    ax_img.set_title("image (asinh stretch)")
+    ax_mask.imshow(rgb, origin="lower", extent=extent, interpolation="nearest")
+    ax_mask.set_title("mask planes" + (f" (OR over {block}x{block} blocks)" if block > 1 else ""))
+    ax_mask.legend(handles=legend, loc="upper right", fontsize="small", framealpha=0.85)
+    for ax in (ax_img, ax_mask):
+        ax.set_xlabel("x (parent pixels)")
+    ax_img.set_ylabel("y (parent pixels)")
+    if title:
+        fig.suptitle(title)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
