@@ -53,7 +53,8 @@ struct ScanPlan {
     T coreLo = T(1), coreHi = T(0);  // empty unless coreLo < coreHi
     double ref = 0.0;                // moments of the core band are taken about ref
     int nRanges = 0;
-    T rangeLo[kMaxRanges] = {}, rangeHi[kMaxRanges] = {};  // collect candidates in these ranges
+    T rangeLo[kMaxRanges] = {}, rangeHi[kMaxRanges] = {};  // count candidates in these ranges
+    bool collect[kMaxRanges] = {true, true, true, true, true};  // ... and keep their values
 };
 
 template <typename T>
@@ -61,7 +62,8 @@ struct ScanResult {
     std::int64_t nCandidates = 0;
     std::int64_t atLeast[kMaxBounds] = {};
     Moments core;
-    std::vector<T> range[kMaxRanges];
+    std::int64_t rangeCount[kMaxRanges] = {};
+    std::vector<T> range[kMaxRanges];  // values, for ranges with plan.collect set
 };
 
 /// Force the scalar path (tests compare it with the SIMD path).
@@ -82,8 +84,12 @@ inline void scalarOne(T v, ScanPlan<T> const& plan, ScanResult<T>& out) {
         out.core.sum += d;
         out.core.sumSq += d * d;
     }
-    for (int r = 0; r < plan.nRanges; ++r)
-        if (v >= plan.rangeLo[r] && v < plan.rangeHi[r]) out.range[r].push_back(v);
+    for (int r = 0; r < plan.nRanges; ++r) {
+        if (v >= plan.rangeLo[r] && v < plan.rangeHi[r]) {
+            ++out.rangeCount[r];
+            if (plan.collect[r]) out.range[r].push_back(v);
+        }
+    }
 }
 
 /// Scalar scan of pixels [x0, x1) of one row.
@@ -118,6 +124,7 @@ inline std::ptrdiff_t sse2Row(float const* row, std::int32_t const* mrow, std::i
         rHi[r] = _mm_set1_ps(plan.rangeHi[r]);
     }
     __m128i cnt = zero, coreCnt = zero, atLeast[kMaxBounds] = {zero, zero, zero};
+    __m128i rangeCnt[kMaxRanges] = {zero, zero, zero, zero, zero};
     __m128d s1a = _mm_setzero_pd(), s1b = s1a, s2a = s1a, s2b = s1a;
     std::ptrdiff_t x = 0;
     for (; x + 4 <= width; x += 4) {
@@ -140,9 +147,12 @@ inline std::ptrdiff_t sse2Row(float const* row, std::int32_t const* mrow, std::i
         s1b = _mm_add_pd(s1b, d1);
         s2a = _mm_add_pd(s2a, _mm_mul_pd(d0, d0));
         s2b = _mm_add_pd(s2b, _mm_mul_pd(d1, d1));
-        __m128 any = _mm_setzero_ps();
-        for (int r = 0; r < plan.nRanges; ++r)
-            any = _mm_or_ps(any, _mm_and_ps(_mm_cmpge_ps(v, rLo[r]), _mm_cmplt_ps(v, rHi[r])));
+        __m128 any = _mm_setzero_ps();  // lanes with a value to keep
+        for (int r = 0; r < plan.nRanges; ++r) {
+            __m128 const in = _mm_and_ps(_mm_cmpge_ps(v, rLo[r]), _mm_cmplt_ps(v, rHi[r]));
+            rangeCnt[r] = _mm_sub_epi32(rangeCnt[r], _mm_castps_si128(in));
+            if (plan.collect[r]) any = _mm_or_ps(any, in);
+        }
         int const hits = _mm_movemask_ps(any);
         if (hits != 0) {
             alignas(16) float lanes[4];
@@ -150,7 +160,8 @@ inline std::ptrdiff_t sse2Row(float const* row, std::int32_t const* mrow, std::i
             for (int l = 0; l < 4; ++l) {
                 if ((hits >> l & 1) == 0) continue;
                 for (int r = 0; r < plan.nRanges; ++r)
-                    if (lanes[l] >= plan.rangeLo[r] && lanes[l] < plan.rangeHi[r]) out.range[r].push_back(lanes[l]);
+                    if (plan.collect[r] && lanes[l] >= plan.rangeLo[r] && lanes[l] < plan.rangeHi[r])
+                        out.range[r].push_back(lanes[l]);
             }
         }
     }
@@ -162,6 +173,7 @@ inline std::ptrdiff_t sse2Row(float const* row, std::int32_t const* mrow, std::i
     out.nCandidates += laneSum(cnt);
     for (int b = 0; b < plan.nBounds; ++b) out.atLeast[b] += laneSum(atLeast[b]);
     out.core.n += laneSum(coreCnt);
+    for (int r = 0; r < plan.nRanges; ++r) out.rangeCount[r] += laneSum(rangeCnt[r]);
     alignas(16) double a[2], c[2];
     _mm_store_pd(a, s1a);
     _mm_store_pd(c, s1b);
@@ -213,7 +225,10 @@ ScanResult<T> scanCandidates(ImageView<const T> values, ImageView<const std::int
         total.nCandidates += p.nCandidates;
         for (int b = 0; b < kMaxBounds; ++b) total.atLeast[b] += p.atLeast[b];
         total.core += p.core;
-        for (int r = 0; r < plan.nRanges; ++r) total.range[r].insert(total.range[r].end(), p.range[r].begin(), p.range[r].end());
+        for (int r = 0; r < plan.nRanges; ++r) {
+            total.rangeCount[r] += p.rangeCount[r];
+            total.range[r].insert(total.range[r].end(), p.range[r].begin(), p.range[r].end());
+        }
     }
     return total;
 }

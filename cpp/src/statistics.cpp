@@ -336,6 +336,8 @@ ClippedStatistics plannedStatistics(ImageView<const T> values, ImageView<const s
         plan.bound[q] = loV;
         plan.rangeLo[q] = loV;
         plan.rangeHi[q] = hiV;
+        // A bracket holding a single value (e.g. a constant plane) is counted, not collected.
+        plan.collect[q] = !(lo > 0 && hi < std::ptrdiff_t(m) - 1 && sample[std::size_t(lo)] == sample[std::size_t(hi)]);
     }
     plan.nBounds = 3;
     plan.nRanges = 3;
@@ -383,7 +385,10 @@ ClippedStatistics plannedStatistics(ImageView<const T> values, ImageView<const s
         std::size_t const k1 = std::min(k + 1, n - 1);
         std::size_t const below = n - std::size_t(scan.atLeast[q]);
         std::vector<T>& inside = scan.range[q];
-        if (k >= below && k1 - below < inside.size()) {
+        if (!plan.collect[q]) {  // single-value bracket: every candidate in it equals rangeLo
+            auto const count = std::size_t(scan.rangeCount[q]);
+            quart[q] = (k >= below && k1 - below < count) ? double(plan.rangeLo[q]) : kNaN;
+        } else if (k >= below && k1 - below < inside.size()) {
             auto const kth = inside.begin() + std::ptrdiff_t(k - below);
             std::nth_element(inside.begin(), kth, inside.end());
             T const next = k1 == k ? *kth : *std::min_element(kth + 1, inside.end());
@@ -414,9 +419,21 @@ ClippedStatistics plannedStatistics(ImageView<const T> values, ImageView<const s
     };
     double centre = out.median;
     double halfWidth = control.nSigma * kIqrToSigma * out.iqr;
+    // A zero-width window keeps exactly the values equal to its centre: a single-value bracket
+    // at that value already counted them.
+    auto equalCount = [&](double value) -> std::int64_t {
+        for (int q = 0; q < 3; ++q)
+            if (!plan.collect[q] && double(plan.rangeLo[q]) == value) return scan.rangeCount[q];
+        return -1;
+    };
     for (int pass = 0; pass < control.nIter; ++pass) {
         Moments mo;
-        if (covered(centre, halfWidth)) {
+        std::int64_t const nEqual = halfWidth == 0.0 ? equalCount(centre) : -1;
+        if (!(halfWidth >= 0.0)) {
+            // NaN half-width: |v - centre| <= NaN keeps nothing (the reference's behaviour).
+        } else if (nEqual >= 0) {
+            mo.n = nEqual;
+        } else if (covered(centre, halfWidth)) {
             mo = scan.core.recentred(plan.ref, centre);
             mo += windowMoments(edges.data(), 0, edges.size(), centre, halfWidth);
         } else {

@@ -272,3 +272,31 @@ TEST_CASE("planned single-scan path equals the direct path, with SIMD and scalar
     CHECK(strided.nUsed == ref.nUsed);
     checkClose(strided.mean, ref.mean, 1e-12);
 }
+
+TEST_CASE("large constant and mostly constant planes are exact (counted, not collected)") {
+    int const h = 600, w = 500;  // > 2^17 pixels: the sampled plan
+    std::vector<float> constant(std::size_t(h * w), 0.08f);
+    ClipControl ctrl;
+    auto const c = clippedStatistics<float>(ImageView<const float>::contiguous(constant.data(), h, w), {}, ctrl);
+    CHECK(c.mean == double(0.08f));
+    CHECK(c.variance == 0.0);
+    CHECK(c.nUsed == h * w);
+    CHECK(c.iqr == 0.0);
+
+    // 70 % of the pixels share one value, the rest are spread: quartiles straddle the plateau.
+    std::mt19937_64 rng(5);
+    std::uniform_real_distribution<double> uni(0.0, 1.0);
+    std::vector<double> mostly(std::size_t(h * w));
+    for (auto& x : mostly) x = uni(rng) < 0.7 ? 10.0 : 10.0 + 4.0 * (uni(rng) - 0.5);
+    for (int nIter : {1, 3}) {
+        ctrl.nIter = nIter;
+        auto const got = clippedStatistics<double>(ImageView<const double>::contiguous(mostly.data(), h, w), {}, ctrl);
+        auto const ref = naive(mostly, nullptr, ctrl);
+        CHECK(got.nUsed == ref.nUsed);
+        CHECK(got.median == ref.median);
+        checkClose(got.iqr, ref.iqr, 1e-15);
+        checkClose(got.mean, ref.mean, 1e-12);
+        if (std::isnan(ref.variance)) CHECK(std::isnan(got.variance));
+        else CHECK(std::abs(got.variance - ref.variance) <= 1e-12 * (1.0 + std::abs(ref.variance)));
+    }
+}
