@@ -120,3 +120,97 @@ def quantile(
     :func:`clipped_statistics`. Releases the GIL.
     """
 
+# --- bind_decorrelation.cpp ------------------------------------------------------------------
+# FFT layer, non-spatial kernel decorrelation and direct (afw-semantics) convolution. Kernels are
+# float64; image/variance planes are all float32 or all float64. std::invalid_argument becomes
+# ValueError. All heavy calls release the GIL.
+
+@type_check_only
+class _DecorrelationInfo(TypedDict):
+    """Returned by :func:`decorrelate_image`."""
+
+    fft_shape: tuple[int, int]
+    """FFT grid (rows, cols) used."""
+    k_sum: float
+    """Sum of the matching kernel image."""
+    w1: float
+    """Weight of the unconvolved image's variance plane (sum |cn|^2 / N)."""
+    w2: float
+    """Weight of the convolved image's variance plane (sum |cr|^2 / N)."""
+    max_corr: float
+    """Largest filter value (maximum noise correction factor)."""
+    fill_value: float
+    """Mean of the finite image pixels, used for NaN/Inf pixels."""
+    n_non_finite: int
+    """Number of NaN/Inf image pixels."""
+
+@type_check_only
+class _CorrectionFilter(TypedDict):
+    """Returned by :func:`correction_filter`."""
+
+    corr: npt.NDArray[np.float64]
+    """Real filter on the half spectrum, shape (rows, cols // 2 + 1)."""
+    k_sum: float
+    w1: float
+    w2: float
+    max_corr: float
+
+def next_fast_size(n: int) -> int:
+    """Smallest even 2/3/5/7-smooth integer >= max(n, 2)."""
+
+def fft_backend() -> str:
+    """Name of the compiled FFT implementation (``"diffcal-stockham"``)."""
+
+def rfft2(a: npt.NDArray[np.float64]) -> npt.NDArray[np.complex128]:
+    """2-D real forward FFT (numpy.fft.rfft2 conventions), shape (rows, cols // 2 + 1)."""
+
+def irfft2(spectrum: npt.NDArray[np.complex128], cols: int) -> npt.NDArray[np.float64]:
+    """Normalised inverse of :func:`rfft2` (numpy.fft.irfft2 conventions)."""
+
+def compute_common_shape(shapes: Sequence[tuple[int, int]]) -> tuple[int, int]:
+    """Reference FFT grid: per axis the two largest sizes N1 + N2 - 1, rounded up to even."""
+
+def correction_filter(
+    kernel: npt.NDArray[np.float64],
+    pre_conv_kernel: npt.NDArray[np.float64] | None,
+    v: float,
+    vt: float,
+    shape: tuple[int, int],
+) -> _CorrectionFilter:
+    """Decorrelation filter (diffim correction, or score correction when ``pre_conv_kernel`` is given)."""
+
+def decorrelate_image(
+    image: _FloatArray,
+    variance: _FloatArray,
+    template_variance: _FloatArray,
+    kernel: npt.NDArray[np.float64],
+    pre_conv_kernel: npt.NDArray[np.float64] | None,
+    v: float,
+    vt: float,
+    out_image: _FloatArray,
+    out_variance: _FloatArray,
+    fast: bool = False,
+    complete_var: bool = False,
+    template_matched: bool = True,
+    extra_shapes: Sequence[tuple[int, int]] = (),
+    parallel: bool = True,
+) -> _DecorrelationInfo:
+    """Non-spatial decorrelation of one image into caller-provided outputs (``out_image`` may be
+    ``image``). ``parallel=False`` runs serially (for per-cell use inside a parallel loop)."""
+
+def convolve_masked_image(
+    in_image: _FloatArray,
+    in_variance: _FloatArray,
+    in_mask: _MaskArray | None,
+    kernel: npt.NDArray[np.float64],
+    do_normalize: bool,
+    do_copy_edge: bool,
+    edge_bit: int,
+    no_data_bit: int,
+    out_image: _FloatArray,
+    out_variance: _FloatArray,
+    out_mask: _MaskArray | None,
+    parallel: bool = True,
+) -> None:
+    """Direct convolution with afw semantics (see ``diffcal/convolve.hpp``); outputs must not
+    overlap the inputs."""

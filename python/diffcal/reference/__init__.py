@@ -5,6 +5,7 @@ test suite checks the C++ core against them, and ``bench/`` uses them as the bas
 speed-ups are quoted against. They are public so users can audit what the core computes.
 """
 
+from .decorrelation import decorrelate_numpy
 from .statistics import clipped_statistics_numpy
 
-__all__ = ["clipped_statistics_numpy"]
+__all__ = ["clipped_statistics_numpy", "decorrelate_numpy"]
