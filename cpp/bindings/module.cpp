@@ -6,6 +6,7 @@ namespace py = pybind11;
 namespace diffcal::bindings {
 void bindBuildInfo(py::module_& m);
 void bindStatistics(py::module_& m);
+void bindMapReduce(py::module_& m);
 void bindDecorrelation(py::module_& m);
 }  // namespace diffcal::bindings
 
@@ -13,5 +14,6 @@ PYBIND11_MODULE(_core, m) {
     m.doc() = "diffcal C++ core (Eigen); use the Python API in diffcal.* instead of calling this directly";
     diffcal::bindings::bindBuildInfo(m);
     diffcal::bindings::bindStatistics(m);
+    diffcal::bindings::bindMapReduce(m);  // before decorrelation: its cell mapper derives from CellMapper
     diffcal::bindings::bindDecorrelation(m);
 }

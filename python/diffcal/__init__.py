@@ -11,7 +11,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("geom", "image", "psf", "kernel", "pipe", "statistics", "convolve", "decorrelation", "cli")
+_SUBMODULES = ("geom", "image", "psf", "kernel", "pipe", "statistics", "mapreduce", "convolve", "decorrelation", "cli")
 
 __all__ = ["__version__", *_SUBMODULES]
 

@@ -120,6 +120,151 @@ def quantile(
     :func:`clipped_statistics`. Releases the GIL.
     """
 
+# --- bind_mapreduce.cpp ----------------------------------------------------------------------
+# Boxes cross the boundary as int64 (N, 4) arrays of (minX, minY, maxX, maxY), inclusive, parent
+# coordinates. Pixel planes are read/written in place (exact dtypes, no conversion); output planes
+# must be writable. C++ std::invalid_argument becomes ValueError, std::runtime_error RuntimeError.
+
+@type_check_only
+class _GridSizes(TypedDict):
+    """Integer pixel sizes used by :func:`generate_grid` (after FWHM scaling and rounding)."""
+
+    cellSizeX: int
+    cellSizeY: int
+    gridStepX: int
+    gridStepY: int
+    borderSizeX: int
+    borderSizeY: int
+
+@type_check_only
+class _StitchStats(TypedDict):
+    """Statistics returned by :func:`stitch` and :func:`map_and_stitch`."""
+
+    n_pixels: int
+    """Output pixels."""
+    n_patches: int
+    """Patches stitched."""
+    n_flagged: int
+    """Pixels that received ``bad_bits``."""
+    n_zero_weight: int
+    """Pixels with no valid contribution."""
+    max_weight: int
+    min_weight: int
+    sum_weight: int
+    mean_weight: float
+    """``sum_weight / n_pixels`` (0 when there are no pixels)."""
+
+def generate_grid(
+    bbox: _Box,
+    cell_size_x: float,
+    cell_size_y: float,
+    grid_step_x: float,
+    grid_step_y: float,
+    border_size_x: float,
+    border_size_y: float,
+    adjust_grid_option: str,
+    scale_by_fwhm: bool,
+    fwhm: float,
+    cell_centroids_x: Sequence[float] | None = None,
+    cell_centroids_y: Sequence[float] | None = None,
+    force_even_sized: bool = False,
+) -> tuple[_BoxArray, _BoxArray, _GridSizes]:
+    """ImageMapReduce grid (spec §1.5) covering ``bbox``.
+
+    ``adjust_grid_option`` is ``"spacing"``, ``"size"`` or ``"none"``. Returns ``(inner, expanded,
+    sizes)``: two int64 (N, 4) box arrays and the integer pixel sizes used. Releases the GIL.
+
+    Raises
+    ------
+    ValueError
+        Bad parameters (non-finite or non-positive sizes, a size rounding to 0 px, a bad FWHM,
+        centroid lists of different lengths, a centroid whose cell misses ``bbox``).
+    RuntimeError
+        ``force_even_sized`` cannot make a box even-sized inside ``bbox``.
+    """
+
+def round_half_even(value: float) -> float:
+    """Round to the nearest integer, ties to even (``numpy.rint`` semantics)."""
+
+class CellMapper:
+    """Abstract native per-cell mapper (C++); not constructible from Python."""
+
+    @property
+    def name(self) -> str:
+        """Short description for logs and error messages."""
+    @property
+    def overwrites_output(self) -> bool:
+        """True when the mapper writes every output pixel (the drivers then skip pre-filling)."""
+
+@final
+class IdentityCellMapper(CellMapper):
+    """Native mapper copying each cell's inner box (image, mask, variance) unchanged."""
+
+    def __init__(self) -> None: ...
+
+@final
+class AddConstantCellMapper(CellMapper):
+    """Native mapper copying each cell's inner box and adding ``amount`` (cast to the pixel type)."""
+
+    def __init__(self, amount: float) -> None: ...
+    @property
+    def amount(self) -> float:
+        """The constant added to the image plane."""
+
+def stitch(
+    images: list[_FloatArray],
+    masks: list[_MaskArray],
+    variances: list[_FloatArray],
+    boxes: _BoxArray,
+    out_bbox: _Box,
+    input_mask: _MaskArray,
+    out_image: _FloatArray,
+    out_mask: _MaskArray,
+    out_variance: _FloatArray,
+    operation: str,
+    bad_bits: int,
+) -> _StitchStats:
+    """Stitch patches into preallocated output planes (spec §1.7), in place.
+
+    ``images``/``masks``/``variances`` are lists (one entry per row of ``boxes``) of planes of
+    the output's dtype; ``operation`` is ``"copy"``, ``"sum"`` or ``"average"``. Releases the GIL.
+    """
+
+def map_and_stitch(
+    mapper: CellMapper,
+    image: _FloatArray,
+    mask: _MaskArray,
+    variance: _FloatArray,
+    bbox: _Box,
+    inner: _BoxArray,
+    expanded: _BoxArray,
+    out_image: _FloatArray,
+    out_mask: _MaskArray,
+    out_variance: _FloatArray,
+    operation: str,
+    bad_bits: int,
+) -> _StitchStats:
+    """Run a native mapper on every cell in parallel and stitch the results (streaming), in place.
+
+    Releases the GIL.
+    """
+
+def map_cells(
+    mapper: CellMapper,
+    image: _FloatArray,
+    mask: _MaskArray,
+    variance: _FloatArray,
+    bbox: _Box,
+    inner: _BoxArray,
+    expanded: _BoxArray,
+    out_images: list[_FloatArray],
+    out_masks: list[_MaskArray],
+    out_variances: list[_FloatArray],
+) -> None:
+    """Run a native mapper on every cell in parallel into per-cell output planes (one per row of
+    ``inner``), in place. Releases the GIL.
+    """
+
 # --- bind_decorrelation.cpp ------------------------------------------------------------------
 # FFT layer, non-spatial kernel decorrelation and direct (afw-semantics) convolution. Kernels are
 # float64; image/variance planes are all float32 or all float64. std::invalid_argument becomes

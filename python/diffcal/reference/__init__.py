@@ -6,6 +6,7 @@ speed-ups are quoted against. They are public so users can audit what the core c
 """
 
 from .decorrelation import decorrelate_numpy
+from .mapreduce import generate_grid_numpy, image_reduce_numpy
 from .statistics import clipped_statistics_numpy
 
-__all__ = ["clipped_statistics_numpy", "decorrelate_numpy"]
+__all__ = ["clipped_statistics_numpy", "decorrelate_numpy", "generate_grid_numpy", "image_reduce_numpy"]
