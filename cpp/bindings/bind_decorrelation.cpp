@@ -7,10 +7,14 @@
 #include <complex>
 #include <cstdint>
 #include <cstring>
+#include <memory>
+#include <string>
 #include <vector>
 
 #include "diffcal/convolve.hpp"
 #include "diffcal/decorrelation.hpp"
+#include "diffcal/decorrelation_mapper.hpp"
+#include "diffcal/mapreduce.hpp"
 #include "diffcal/fft.hpp"
 #include "numpy_view.hpp"
 
@@ -75,6 +79,74 @@ void convolveImpl(py::array const& inImage, py::array const& inVariance, py::obj
     auto ov = viewOf<T>(outVariance, "out_variance", true);
     py::gil_scoped_release release;
     convolution::convolveMaskedImage<T>(ii, iv, im, k, ctrl, oi, ov, om);
+}
+
+template <typename T>
+dec::ExposurePlanes<T> exposurePlanes(py::array const& image, py::array const& mask, py::array const& variance,
+                                      std::string const& what) {
+    dec::ExposurePlanes<T> p;
+    p.image = viewOf<const T>(image, (what + " image").c_str());
+    p.mask = viewOf<const std::int32_t>(mask, (what + " mask").c_str());
+    p.variance = viewOf<const T>(variance, (what + " variance").c_str());
+    return p;
+}
+
+std::shared_ptr<dec::DecorrelationCellMapper> makeDecorrelationCellMapper(
+    std::vector<std::int64_t> const& bbox, py::array const& sciImage, py::array const& sciMask,
+    py::array const& sciVariance, py::array const& tmplImage, py::array const& tmplMask, py::array const& tmplVariance,
+    py::array const& basis, py::array const& coeffs, int order, std::string const& function,
+    std::vector<std::int64_t> const& kernelBBox, py::object const& preConv, bool fast, bool completeVar,
+    bool templateMatched, std::vector<std::pair<std::ptrdiff_t, std::ptrdiff_t>> const& extraShapes,
+    std::int32_t scienceAndMask, std::int32_t templateAndMask) {
+    if (bbox.size() != 4 || kernelBBox.size() != 4) {
+        throw py::value_error("bbox and kernel_bbox must be (minX, minY, maxX, maxY)");
+    }
+    IntBox const b(bbox[0], bbox[1], bbox[2], bbox[3]);
+    IntBox const kb(kernelBBox[0], kernelBBox[1], kernelBBox[2], kernelBBox[3]);
+    auto basisArr = py::array_t<double, py::array::c_style | py::array::forcecast>::ensure(basis);
+    auto coeffArr = py::array_t<double, py::array::c_style | py::array::forcecast>::ensure(coeffs);
+    if (!basisArr || basisArr.ndim() != 3) throw py::value_error("basis: expected an (n, h, w) float64 array");
+    if (!coeffArr || coeffArr.ndim() != 2) throw py::value_error("coeffs: expected an (n, nTerms) float64 array");
+    std::vector<double> bv(basisArr.data(), basisArr.data() + basisArr.size());
+    std::vector<double> cv(coeffArr.data(), coeffArr.data() + coeffArr.size());
+    dec::SpatialFunction fn;
+    if (function == "polynomial") {
+        fn = dec::SpatialFunction::Polynomial;
+    } else if (function == "chebyshev1") {
+        fn = dec::SpatialFunction::Chebyshev1;
+    } else {
+        throw py::value_error("function must be 'polynomial' or 'chebyshev1', got '" + function + "'");
+    }
+    if (coeffArr.shape(0) != basisArr.shape(0)) throw py::value_error("coeffs must have one row per basis image");
+    dec::SpatialKernel kernel(std::move(bv), basisArr.shape(0), basisArr.shape(1), basisArr.shape(2), std::move(cv),
+                              order, fn, kb);
+    std::vector<double> pc;
+    dec::Shape2 pcShape;
+    if (!preConv.is_none()) {
+        auto pa = py::array_t<double, py::array::c_style | py::array::forcecast>::ensure(preConv);
+        if (!pa || pa.ndim() != 2) throw py::value_error("pre_conv_kernel: expected a 2-D float64 array");
+        pc.assign(pa.data(), pa.data() + pa.size());
+        pcShape = {pa.shape(0), pa.shape(1)};
+    }
+    dec::DecorrelationMapperOptions opt;
+    opt.decorrelation.shapeMode = fast ? dec::FftShapeMode::Fast : dec::FftShapeMode::Exact;
+    opt.decorrelation.completeVarPlanePropagation = completeVar;
+    opt.decorrelation.templateMatched = templateMatched;
+    opt.decorrelation.parallel = false;
+    for (auto const& p : extraShapes) opt.decorrelation.extraShapes.push_back({p.first, p.second});
+    opt.scienceAndMask = scienceAndMask;
+    opt.templateAndMask = templateAndMask;
+    dec::ExposurePlanes<float> s32, t32;
+    dec::ExposurePlanes<double> s64, t64;
+    if (isFloat32(sciImage)) {
+        s32 = exposurePlanes<float>(sciImage, sciMask, sciVariance, "science");
+        t32 = exposurePlanes<float>(tmplImage, tmplMask, tmplVariance, "template");
+    } else {
+        s64 = exposurePlanes<double>(sciImage, sciMask, sciVariance, "science");
+        t64 = exposurePlanes<double>(tmplImage, tmplMask, tmplVariance, "template");
+    }
+    return std::make_shared<dec::DecorrelationCellMapper>(b, s32, t32, s64, t64, std::move(kernel), std::move(pc),
+                                                          pcShape, opt);
 }
 
 }  // namespace
@@ -183,6 +255,81 @@ void bindDecorrelation(py::module_& m) {
         "Non-spatial kernel decorrelation of one image into caller-provided outputs (all planes float32 or all "
         "float64; kernels float64). Returns a dict of the FFT shape, kSum, w1, w2, max correction, fill value. "
         "Releases the GIL.");
+
+    py::class_<dec::DecorrelationCellMapper, CellMapper, std::shared_ptr<dec::DecorrelationCellMapper>>(
+        m, "DecorrelationCellMapper",
+        "Native mapper of the spatially varying A&L decorrelation (decorrelation_mapper.hpp): per cell, the kernel "
+        "at the expanded-box centre, local clipped svar/tvar, decorrelateImage on the expanded box, inner box out. "
+        "Keeps the science/template arrays alive.")
+        .def(py::init(&makeDecorrelationCellMapper), py::arg("bbox"), py::arg("science_image"),
+             py::arg("science_mask"), py::arg("science_variance"), py::arg("template_image"),
+             py::arg("template_mask"), py::arg("template_variance"), py::arg("basis"), py::arg("coeffs"),
+             py::arg("order"), py::arg("function"), py::arg("kernel_bbox"), py::arg("pre_conv_kernel"),
+             py::arg("fast") = false, py::arg("complete_var") = false, py::arg("template_matched") = true,
+             py::arg("extra_shapes") = std::vector<std::pair<std::ptrdiff_t, std::ptrdiff_t>>{},
+             py::arg("science_and_mask") = 0, py::arg("template_and_mask") = 0,
+             py::keep_alive<1, 3>(), py::keep_alive<1, 4>(), py::keep_alive<1, 5>(), py::keep_alive<1, 6>(),
+             py::keep_alive<1, 7>(), py::keep_alive<1, 8>())
+        .def("cell_info",
+             [](dec::DecorrelationCellMapper const& self) {
+                 auto const info = self.cellInfo();
+                 auto const n = static_cast<py::ssize_t>(info.size());
+                 py::array_t<double> a({n, py::ssize_t(8)});
+                 py::array_t<std::int64_t> idx(n);
+                 auto iv = idx.mutable_unchecked<1>();
+                 py::array_t<std::int64_t> shp({n, py::ssize_t(2)});
+                 py::array_t<bool> skipped(n);
+                 auto av = a.mutable_unchecked<2>();
+                 auto sv = shp.mutable_unchecked<2>();
+                 auto kv = skipped.mutable_unchecked<1>();
+                 for (py::ssize_t i = 0; i < n; ++i) {
+                     auto const& c = info[std::size_t(i)];
+                     double const vals[8] = {c.xcen, c.ycen, c.svar, c.tvar, c.kSum, c.w1, c.w2, c.maxCorr};
+                     for (int k = 0; k < 8; ++k) av(i, k) = vals[k];
+                     sv(i, 0) = c.fftShape.rows;
+                     sv(i, 1) = c.fftShape.cols;
+                     kv(i) = c.skipped;
+                     iv(i) = c.index;
+                 }
+                 py::dict d;
+                 d["index"] = idx;
+                 d["values"] = a;
+                 d["columns"] = py::make_tuple("xcen", "ycen", "svar", "tvar", "kSum", "w1", "w2", "maxCorr");
+                 d["fft_shape"] = shp;
+                 d["skipped"] = skipped;
+                 return d;
+             },
+             "Per-cell statistics of the cells processed so far (cell order): dict of 'index' (n,), 'values' (n, 8) with "
+             "'columns', 'fft_shape' (n, 2) and 'skipped' (n,).")
+;
+
+    m.def(
+        "evaluate_spatial_kernel",
+        [](py::array const& basis, py::array const& coeffs, int order, std::string const& function,
+           std::vector<std::int64_t> const& kernelBBox, double x, double y) {
+            auto basisArr = py::array_t<double, py::array::c_style | py::array::forcecast>::ensure(basis);
+            auto coeffArr = py::array_t<double, py::array::c_style | py::array::forcecast>::ensure(coeffs);
+            if (!basisArr || basisArr.ndim() != 3) throw py::value_error("basis: expected an (n, h, w) array");
+            if (!coeffArr || coeffArr.ndim() != 2) throw py::value_error("coeffs: expected an (n, nTerms) array");
+            if (kernelBBox.size() != 4) throw py::value_error("kernel_bbox must be (minX, minY, maxX, maxY)");
+            if (function != "polynomial" && function != "chebyshev1") {
+                throw py::value_error("function must be 'polynomial' or 'chebyshev1', got '" + function + "'");
+            }
+            dec::SpatialKernel k(std::vector<double>(basisArr.data(), basisArr.data() + basisArr.size()),
+                                 basisArr.shape(0), basisArr.shape(1), basisArr.shape(2),
+                                 std::vector<double>(coeffArr.data(), coeffArr.data() + coeffArr.size()), order,
+                                 function == "polynomial" ? dec::SpatialFunction::Polynomial
+                                                          : dec::SpatialFunction::Chebyshev1,
+                                 IntBox(kernelBBox[0], kernelBBox[1], kernelBBox[2], kernelBBox[3]));
+            std::vector<double> img;
+            k.evaluate(x, y, img);
+            py::array_t<double> out({k.height(), k.width()});
+            std::memcpy(out.mutable_data(), img.data(), img.size() * sizeof(double));
+            return out;
+        },
+        py::arg("basis"), py::arg("coeffs"), py::arg("order"), py::arg("function"), py::arg("kernel_bbox"),
+        py::arg("x"), py::arg("y"),
+        "Unnormalised image at (x, y) of a linear-combination kernel as the native decorrelation mapper evaluates it.");
 
     m.def(
         "convolve_masked_image",

@@ -343,6 +343,58 @@ def decorrelate_image(
     """Non-spatial decorrelation of one image into caller-provided outputs (``out_image`` may be
     ``image``). ``parallel=False`` runs serially (for per-cell use inside a parallel loop)."""
 
+class _DecorrelationCellInfo(TypedDict):
+    """Returned by :meth:`DecorrelationCellMapper.cell_info` (one row per processed cell, cell order)."""
+
+    index: npt.NDArray[np.int64]
+    values: npt.NDArray[np.float64]
+    columns: tuple[str, ...]
+    fft_shape: npt.NDArray[np.int64]
+    skipped: npt.NDArray[np.bool_]
+
+@final
+class DecorrelationCellMapper(CellMapper):
+    """Native mapper of the spatially varying decorrelation (``diffcal/decorrelation_mapper.hpp``):
+    per cell the kernel at the expanded-box centre (basis images ``(n, h, w)`` and spatial
+    coefficients ``(n, nTerms)``), local clipped svar/tvar, decorrelation of the expanded box, inner
+    box out. Keeps the science/template arrays alive."""
+
+    def __init__(
+        self,
+        bbox: tuple[int, int, int, int],
+        science_image: _FloatArray,
+        science_mask: _MaskArray,
+        science_variance: _FloatArray,
+        template_image: _FloatArray,
+        template_mask: _MaskArray,
+        template_variance: _FloatArray,
+        basis: npt.NDArray[np.float64],
+        coeffs: npt.NDArray[np.float64],
+        order: int,
+        function: str,
+        kernel_bbox: tuple[int, int, int, int],
+        pre_conv_kernel: npt.NDArray[np.float64] | None,
+        fast: bool = False,
+        complete_var: bool = False,
+        template_matched: bool = True,
+        extra_shapes: Sequence[tuple[int, int]] = (),
+        science_and_mask: int = 0,
+        template_and_mask: int = 0,
+    ) -> None: ...
+    def cell_info(self) -> _DecorrelationCellInfo:
+        """Per-cell statistics (xcen, ycen, svar, tvar, kSum, w1, w2, maxCorr) of the cells processed."""
+
+def evaluate_spatial_kernel(
+    basis: npt.NDArray[np.float64],
+    coeffs: npt.NDArray[np.float64],
+    order: int,
+    function: str,
+    kernel_bbox: tuple[int, int, int, int],
+    x: float,
+    y: float,
+) -> npt.NDArray[np.float64]:
+    """Unnormalised linear-combination kernel image at (x, y), as the native mapper evaluates it."""
+
 def convolve_masked_image(
     in_image: _FloatArray,
     in_variance: _FloatArray,

@@ -351,3 +351,10 @@ def _add_demo(subparsers: Any, common: argparse.ArgumentParser) -> None:
                    help="worker threads of the C++ core (default: all cores, or DIFFCAL_NUM_THREADS)")
     p.add_argument("--quiet", "-q", action="store_true", help="print only the final summary line")
     p.set_defaults(func=_run_demo_command)
+
+
+@_command
+def _add_decorrelate(subparsers: Any, common: argparse.ArgumentParser) -> None:
+    from .decorrelation_cli import add_command  # `decorrelate` and `simulate pair`; numpy loaded lazily
+
+    add_command(subparsers, common)

@@ -10,8 +10,9 @@ matching kernel ``kappa``) has correlated noise: its noise power spectrum is
 which makes the noise white with variance ``v + vt kSum^2`` (DMTN-021), or, in ``preConvMode``,
 by the score-image filter of DMTN-179. The numerics run in C++ (``diffcal._core``): real-to-complex
 FFTs on the reference's zero-padded grid, double precision throughout. Spec:
-``spec/mapreduce-decorrelation.md`` §2.1-2.8 (§2.9, the spatial task, lives at the end of this
-file once written).
+``spec/mapreduce-decorrelation.md`` §2.1-2.8; §2.9, the spatially varying path
+(:class:`DecorrelateALKernelSpatialTask`, :class:`DecorrelateALKernelMapper`), is at the end of this
+file, with its own list of differences from the reference (no aliasing of the input, §2.9.4).
 
 Conventions: arrays ``[y, x]``; kernel images have their centre pixel at
 ``((w - 1) // 2, (h - 1) // 2)``; positions (``xcen``, ``ycen``) are parent pixel coordinates;
@@ -79,12 +80,17 @@ import numpy as np
 from . import _core
 from .image import Exposure, Mask, MaskedImage
 from .kernel import Kernel
-from .pipe import ChoiceField, Config, Field, ListField, Struct, Task, timeMethod
+from .mapreduce import ImageMapper, ImageMapReduceConfig, ImageMapReduceTask
+from .pipe import ChoiceField, Config, ConfigField, ConfigurableField, Field, ListField, Struct, Task, timeMethod
 from .statistics import clippedStatistics
 
 __all__ = [
     "DecorrelateALKernelConfig",
     "DecorrelateALKernelTask",
+    "DecorrelateALKernelMapper",
+    "DecorrelateALKernelMapReduceConfig",
+    "DecorrelateALKernelSpatialConfig",
+    "DecorrelateALKernelSpatialTask",
     "DEFAULT_IGNORE_MASK_PLANES",
 ]
 
@@ -379,3 +385,342 @@ class DecorrelateALKernelTask(Task):
 # DecorrelationOptions::parallel = false from inside a parallel loop over cells); from Python,
 # _core.decorrelate_image(..., parallel=False).
 # =============================================================================================
+
+#: Reference grid of the spatial task, in units of the PSF FWHM (spec §2.1).
+SPATIAL_GRID_DEFAULTS = {"cellSize": 41.0, "gridStep": 40.0, "borderSize": 8.0}
+
+
+def _resolveKernel(alTaskResult: Any, psfMatchingKernel: Any) -> Any:
+    if alTaskResult is not None and getattr(alTaskResult, "psfMatchingKernel", None) is not None:
+        return alTaskResult.psfMatchingKernel
+    if psfMatchingKernel is None:
+        raise RuntimeError("DecorrelateALKernelMapper needs a psfMatchingKernel (or an alTaskResult carrying one)")
+    return psfMatchingKernel
+
+
+class DecorrelateALKernelMapper(DecorrelateALKernelTask, ImageMapper):
+    """Per-cell decorrelation for :class:`~diffcal.mapreduce.ImageMapReduceTask` (spec §2.9.2).
+
+    Each cell is decorrelated with its own kernel (the matching kernel evaluated, unnormalised,
+    at the centre of the cell's *expanded* box) and its own mean variances (clipped means of the
+    science/template variance planes over the expanded box); the inner box of the result is
+    returned for stitching.
+
+    Two implementations that agree bit for bit for a :class:`~diffcal.kernel.FixedKernel` (and to
+    ~1e-12 relative for a :class:`~diffcal.kernel.LinearCombinationKernel`, whose evaluation sums
+    in a different order):
+
+    * :meth:`run`, the reference's Python path: one :class:`DecorrelateALKernelTask` run per cell
+      on read-only views; it never writes into the input (the reference wrote into the shared
+      view, spec §2.9.4);
+    * :meth:`nativeMapper`: ``diffcal._core.DecorrelationCellMapper``, all cells in C++ threads
+      with the GIL released (kernel evaluation from the basis images and spatial coefficients,
+      statistics, filter and variance per cell). Used when the kernel is a FixedKernel or a
+      LinearCombinationKernel, the pre-convolution kernel (if any) is not spatially varying and
+      ``config.inPlace`` is False; otherwise :meth:`nativeMapper` returns None and :meth:`run` is
+      used. The PSF image shape used to size the FFT grid is taken once (at the image centre)
+      instead of per cell; the PSF classes of diffcal have a position-independent stamp size.
+    """
+
+    ConfigClass = DecorrelateALKernelConfig
+    _DefaultName = "ip_diffim_decorrelateALKernelMapper"
+
+    def run(self, subExposure: Exposure, expandedSubExposure: Exposure, fullBBox: Any, template: Exposure,
+            science: Exposure, alTaskResult: Any = None, psfMatchingKernel: Kernel | None = None,
+            preConvKernel: Kernel | None = None, **kwargs: Any) -> Struct:
+        """Decorrelate one cell (spec §2.9.2).
+
+        Parameters
+        ----------
+        subExposure, expandedSubExposure : Exposure
+            The cell's inner and expanded boxes of the difference image (read-only views).
+        fullBBox : Box2I
+            Bounding box of the whole difference image.
+        template, science : Exposure
+            The full template and science exposures (same bbox as the difference image).
+        alTaskResult : Struct, optional
+            A result carrying ``psfMatchingKernel`` (takes precedence over ``psfMatchingKernel``).
+        psfMatchingKernel : Kernel, optional
+            The (possibly spatially varying) matching kernel.
+        preConvKernel : Kernel, optional
+            See :meth:`DecorrelateALKernelTask.run`.
+        **kwargs
+            ``templateMatched``, ``preConvMode`` are passed on; others ignored.
+
+        Returns
+        -------
+        Struct
+            ``subExposure``: the corrected inner box (a view of a new exposure).
+        """
+        kernel = _resolveKernel(alTaskResult, psfMatchingKernel)
+        bbox = expandedSubExposure.getBBox()
+        sciView, tmplView = science[bbox], template[bbox]
+        kwargs = {k: v for k, v in kwargs.items() if k in ("templateMatched", "preConvMode")}
+        level = self.log.getEffectiveLevel() if hasattr(self.log, "getEffectiveLevel") else None
+        self.log.setLevel(logging.WARNING)           # per-cell chatter off, as the reference does
+        try:
+            res = DecorrelateALKernelTask.run(self, sciView, tmplView, expandedSubExposure, kernel,
+                                              preConvKernel=preConvKernel, **kwargs)
+        finally:
+            if level is not None:
+                self.log.setLevel(level)
+        return Struct(subExposure=res.correctedExposure[subExposure.getBBox()])
+
+    def nativeMapper(self, exposure: Exposure, science: Exposure | None = None, template: Exposure | None = None,
+                     alTaskResult: Any = None, psfMatchingKernel: Kernel | None = None,
+                     preConvKernel: Kernel | None = None, templateMatched: bool = True, preConvMode: bool = False,
+                     **kwargs: Any) -> "_core.CellMapper | None":
+        """``diffcal._core.DecorrelationCellMapper`` for ``exposure`` (the difference image), or None
+        when the inputs need the Python path (see the class docstring). Also kept as
+        ``self.lastNativeMapper`` (its ``cell_info()`` has per-cell svar, tvar, kSum, w1, w2).
+
+        Raises
+        ------
+        ValueError
+            ``preConvKernel`` without ``templateMatched and preConvMode``; mismatched bboxes; a missing
+            PSF needed for the FFT sizing or ``preConvMode``.
+        TypeError, RuntimeError
+            Wrong input types; no kernel.
+        """
+        from .kernel import FixedKernel, LinearCombinationKernel
+
+        self.lastNativeMapper = None
+        if preConvKernel is not None and not (templateMatched and preConvMode):
+            raise ValueError("preConvKernel is only allowed with templateMatched=True and preConvMode=True")
+        kernel = _resolveKernel(alTaskResult, psfMatchingKernel)
+        if self.config.inPlace:
+            return None
+        if isinstance(kernel, FixedKernel):
+            basis = kernel.getArray()[np.newaxis, :, :]
+            coeffs = np.ones((1, 1))
+            order, function, kbox = 0, "polynomial", (0, 0, 0, 0)
+        elif isinstance(kernel, LinearCombinationKernel):
+            basis = kernel._basis                      # read-only float64 cube, no copy
+            coeffs = kernel._coeffs
+            order, function = kernel.getSpatialOrder(), kernel.getSpatialFunction()
+            b = kernel.getBBox()
+            kbox = (b.getMinX(), b.getMinY(), b.getMaxX(), b.getMaxY())
+        else:
+            return None
+        if preConvKernel is not None and isinstance(preConvKernel, Kernel) and preConvKernel.isSpatiallyVarying():
+            return None
+        for name, exp in (("science", science), ("template", template)):
+            if not isinstance(exp, Exposure):
+                raise TypeError(f"{name} must be a diffcal.image.Exposure, got {type(exp).__name__}")
+        bbox = exposure.getBBox()
+        for name, exp in (("science", science), ("template", template)):
+            if exp.getBBox() != bbox:
+                raise ValueError(f"{name} bounding box {exp.getBBox()!r} differs from the difference image bounding "
+                                 f"box {bbox!r}")
+        xcen = 0.5 * (bbox.getBeginX() + bbox.getEndX())
+        ycen = 0.5 * (bbox.getBeginY() + bbox.getEndY())
+        psfShape = _psf_shape(science if templateMatched else template, xcen, ycen,
+                              "science" if templateMatched else "template")
+        preConv = None
+        if preConvMode:
+            if preConvKernel is None:
+                psf = science.getPsf()
+                if psf is None:
+                    raise ValueError("preConvMode without preConvKernel needs the science exposure's PSF, "
+                                     "but scienceExposure has none")
+                position = psf.getAveragePosition()
+                preConv = _kernel_image(psf.getLocalKernel(position), position.x, position.y, True, "preConvKernel")
+            else:
+                preConv = _kernel_image(preConvKernel, xcen, ycen, True, "preConvKernel")
+        dtype = exposure.image.dtype
+
+        def planes(exp: Exposure) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            img, var = exp.image, exp.variance
+            img = img if img.dtype == dtype else img.astype(dtype)
+            var = var if var.dtype == dtype else var.astype(dtype)
+            return img, exp.mask, var
+
+        si, sm, sv = planes(science)
+        ti, tm, tv = planes(template)
+        native = _core.DecorrelationCellMapper(
+            (bbox.getMinX(), bbox.getMinY(), bbox.getMaxX(), bbox.getMaxY()), si, sm, sv, ti, tm, tv,
+            basis, coeffs, order, function, kbox, preConv,
+            fast=self.config.fftShape == "fast",
+            complete_var=bool(self.config.completeVarPlanePropagation),
+            template_matched=bool(templateMatched), extra_shapes=[psfShape],
+            science_and_mask=_signed32(self._andMask(science.maskedImage.mask)),
+            template_and_mask=_signed32(self._andMask(template.maskedImage.mask)),
+        )
+        self.lastNativeMapper = native
+        return native
+
+
+def _signed32(value: int) -> int:
+    value = int(value) & 0xFFFFFFFF
+    return value - (1 << 32) if value >= (1 << 31) else value
+
+
+class DecorrelateALKernelMapReduceConfig(ImageMapReduceConfig):
+    """:class:`~diffcal.mapreduce.ImageMapReduceConfig` whose mapper is :class:`DecorrelateALKernelMapper`
+    (generic grid defaults; the spatial task overrides them)."""
+
+    mapper = ConfigurableField(
+        doc="Per-cell decorrelation task.",
+        target=DecorrelateALKernelMapper,
+    )
+
+
+class DecorrelateALKernelSpatialConfig(Config):
+    """Configuration of :class:`DecorrelateALKernelSpatialTask` (spec §2.1)."""
+
+    decorrelateConfig = ConfigField(
+        dtype=DecorrelateALKernelConfig,
+        doc="DecorrelateALKernelTask config, used when spatiallyVarying is False.",
+    )
+    decorrelateMapReduceConfig = ConfigField(
+        dtype=DecorrelateALKernelMapReduceConfig,
+        doc="Map-reduce config (grid in PSF FWHM units, average stitching), used when spatiallyVarying is True.",
+    )
+    ignoreMaskPlanes = ListField(
+        dtype=str,
+        default=DEFAULT_IGNORE_MASK_PLANES,
+        doc="Mask planes excluded from the task's own (logging) variance statistics.",
+    )
+
+    def setDefaults(self) -> None:
+        super().setDefaults()
+        mr = self.decorrelateMapReduceConfig
+        mr.gridStepX = mr.gridStepY = SPATIAL_GRID_DEFAULTS["gridStep"]
+        mr.cellSizeX = mr.cellSizeY = SPATIAL_GRID_DEFAULTS["cellSize"]
+        mr.borderSizeX = mr.borderSizeY = SPATIAL_GRID_DEFAULTS["borderSize"]
+        mr.reducer.reduceOperation = "average"
+
+
+class DecorrelateALKernelSpatialTask(Task):
+    """Decorrelate a difference image with a spatially varying kernel (spec §2.9.1).
+
+    ``spatiallyVarying=True`` splits the difference image into the grid of
+    ``config.decorrelateMapReduceConfig`` (default: inner cells 41 x FWHM, border 8 x FWHM,
+    ``spacing`` adjustment, even-sized boxes), decorrelates every cell with
+    :class:`DecorrelateALKernelMapper` (natively, all cells in parallel C++ threads, when possible)
+    and averages the overlapping inner boxes. ``spatiallyVarying=False`` runs one
+    :class:`DecorrelateALKernelTask` with ``config.decorrelateConfig``.
+
+    Deliberate differences from the reference
+    -----------------------------------------
+    1. **No aliasing (spec §2.9.4).** Every cell reads the *unmodified* difference image and writes
+       a separate output; the stitched ``average`` is the real average of the overlapping cells.
+       The reference decorrelated cells in place through views of its input, so overlapping cells
+       were corrected twice, ``average`` reproduced the last writer, and the caller's difference
+       image was overwritten. Here the input is never modified (in either mode).
+    2. **Errors up front.** Mismatched bounding boxes, wrong types and ``preConvKernel`` without
+       ``templateMatched and preConvMode`` raise before any work (ValueError/TypeError); a
+       difference image without PSF raises ValueError when the FWHM-scaled grid needs it; a cell
+       whose local mean variance is invalid raises ValueError naming the cell (the reference
+       produced NaN cells).
+    3. **Logging-only statistics** (full-image svar, tvar and diffim variance means, which the
+       reference computes and never uses) are computed only when the logger is enabled for INFO,
+       and then recorded in the metadata. Per-cell statistics of a native run are recorded as
+       ``nCells``, ``svarMin/Max``, ``tvarMin/Max``, ``kSumMin/Max``, ``maxCorrection``.
+    4. The result always has both ``exposure`` and ``correctedExposure`` (the same object), also
+       for ``spatiallyVarying=False`` (the reference returns only ``correctedExposure`` there).
+    5. The stitched PSF is a :class:`~diffcal.psf.GridPsf` of the difference image's PSF (the
+       reference: a CoaddPsf of it); the mask is the input difference image's mask, as in the
+       reference, which overwrites the reducer's flags.
+    """
+
+    ConfigClass = DecorrelateALKernelSpatialConfig
+    _DefaultName = "ip_diffim_decorrelateALKernelSpatial"
+
+    def computeVarianceMean(self, exposure: Exposure) -> float:
+        """Clipped mean of the variance plane ignoring ``config.ignoreMaskPlanes`` (spec §2.2)."""
+        mask = exposure.maskedImage.mask
+        planes = mask.getMaskPlaneDict()
+        names = [n for n in self.config.ignoreMaskPlanes if n in planes]
+        andMask = mask.getPlaneBitMask(names) if names else 0
+        return clippedStatistics(exposure.variance, mask.array, andMask=andMask, nSigma=3.0, nIter=3).mean
+
+    @timeMethod
+    def run(self, scienceExposure: Exposure, templateExposure: Exposure, subtractedExposure: Exposure,
+            psfMatchingKernel: Kernel, spatiallyVarying: bool = True, preConvKernel: Kernel | None = None,
+            templateMatched: bool = True, preConvMode: bool = False) -> Struct:
+        """Decorrelate ``subtractedExposure`` (spec §2.9.1).
+
+        Parameters
+        ----------
+        scienceExposure, templateExposure : Exposure
+            Original science and (warped) template, same bbox as the difference image.
+        subtractedExposure : Exposure
+            The A&L difference image; never modified. Needs a PSF when ``spatiallyVarying`` and
+            the grid is scaled by the FWHM (the default).
+        psfMatchingKernel : Kernel
+            The matching kernel (FixedKernel or a spatially varying LinearCombinationKernel).
+        spatiallyVarying : bool
+            Map-reduce over the grid (True) or one kernel for the whole image (False).
+        preConvKernel, templateMatched, preConvMode
+            See :meth:`DecorrelateALKernelTask.run`.
+
+        Returns
+        -------
+        Struct
+            ``correctedExposure`` and ``exposure``: the decorrelated exposure (a new one).
+
+        Raises
+        ------
+        ValueError, TypeError, RuntimeError
+            See the class docstring.
+        """
+        if preConvKernel is not None and not (templateMatched and preConvMode):
+            raise ValueError("preConvKernel is only allowed with templateMatched=True and preConvMode=True")
+        for name, exp in (("scienceExposure", scienceExposure), ("templateExposure", templateExposure),
+                          ("subtractedExposure", subtractedExposure)):
+            if not isinstance(exp, Exposure):
+                raise TypeError(f"{name} must be a diffcal.image.Exposure, got {type(exp).__name__}")
+        bbox = subtractedExposure.getBBox()
+        for name, exp in (("scienceExposure", scienceExposure), ("templateExposure", templateExposure)):
+            if exp.getBBox() != bbox:
+                raise ValueError(f"{name} bounding box {exp.getBBox()!r} differs from the subtractedExposure "
+                                 f"bounding box {bbox!r} (pass the template cut to the science bbox)")
+        if not isinstance(psfMatchingKernel, Kernel):
+            raise TypeError("psfMatchingKernel must be a diffcal.kernel.Kernel, got "
+                            f"{type(psfMatchingKernel).__name__}")
+
+        logStatistics = self.log.isEnabledFor(logging.INFO)
+        if logStatistics:
+            svar = self.computeVarianceMean(scienceExposure)
+            tvar = self.computeVarianceMean(templateExposure)
+            before = self.computeVarianceMean(subtractedExposure)
+            self.log.info("Science variance mean: %f, template variance mean: %f", svar, tvar)
+            self.log.info("Variance plane mean of uncorrected diffim: %f", before)
+            for key, value in (("svar", svar), ("tvar", tvar), ("varianceMeanBefore", before)):
+                self.metadata[key] = value
+
+        if spatiallyVarying:
+            mrTask = ImageMapReduceTask(config=self.config.decorrelateMapReduceConfig)
+            results = mrTask.run(subtractedExposure, science=scienceExposure, template=templateExposure,
+                                 psfMatchingKernel=psfMatchingKernel, preConvKernel=preConvKernel,
+                                 forceEvenSized=True, templateMatched=templateMatched, preConvMode=preConvMode)
+            corrected = results.exposure
+            # the reference overwrites the stitched mask with the input diffim mask
+            corrected.maskedImage.mask = subtractedExposure.maskedImage.mask.clone()
+            native = getattr(mrTask.mapper, "lastNativeMapper", None)
+            self.metadata["nCells"] = int(mrTask.metadata["nCells"])
+            self.metadata["native"] = native is not None
+            if native is not None:
+                info = native.cell_info()
+                vals = info["values"]
+                if len(vals):
+                    cols = {c: vals[:, i] for i, c in enumerate(info["columns"])}
+                    for key, col in (("svar", "svar"), ("tvar", "tvar"), ("kSum", "kSum")):
+                        self.metadata[key + "Min"] = float(np.min(cols[col]))
+                        self.metadata[key + "Max"] = float(np.max(cols[col]))
+                    self.metadata["maxCorrection"] = float(np.max(cols["maxCorr"]))
+                    self.metadata["nSkippedCells"] = int(np.count_nonzero(info["skipped"]))
+                    if np.any(info["skipped"]):
+                        self.log.warning("%d cell(s) left uncorrected: template or science entirely NaN there",
+                                         int(np.count_nonzero(info["skipped"])))
+        else:
+            task = DecorrelateALKernelTask(config=self.config.decorrelateConfig)
+            corrected = task.run(scienceExposure, templateExposure, subtractedExposure, psfMatchingKernel,
+                                 preConvKernel=preConvKernel, templateMatched=templateMatched,
+                                 preConvMode=preConvMode).correctedExposure
+        if logStatistics:
+            after = self.computeVarianceMean(corrected)
+            self.log.info("Variance plane mean of corrected diffim: %f", after)
+            self.metadata["varianceMeanAfter"] = after
+        return Struct(exposure=corrected, correctedExposure=corrected)

@@ -23,6 +23,7 @@ __all__ = [
     "estimateVariancePlane",
     "calculateVariancePlane",
     "decorrelate_numpy",
+    "decorrelate_spatial_numpy",
 ]
 
 #: Floor applied to |FFT(P)|^2 in the score correction.
@@ -190,3 +191,39 @@ def decorrelate_numpy(image: np.ndarray, V: np.ndarray, Vt: np.ndarray, kappa: n
     if not templateMatched:
         var = var / (kSum * kSum)
     return corrected, var, {"fftShape": shape, "kSum": kSum, "w1": w1, "w2": w2}
+
+
+def decorrelate_spatial_numpy(image: np.ndarray, sciVar: np.ndarray, sciMask: np.ndarray, tmplVar: np.ndarray,
+                              tmplMask: np.ndarray, kernelImageAt, inner: np.ndarray, expanded: np.ndarray,
+                              xy0: Sequence[int] = (0, 0), andMask: int = 0,
+                              psfShape: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The reference's per-cell spatial decorrelation (spec §2.9.2-2.9.3), **without** its aliasing
+    bug, followed by the ``average`` stitch (§1.7): for every cell, the kernel image at the
+    expanded-box centre (``kernelImageAt(x, y)``, unnormalised), svar/tvar = clipped means of the
+    science/template variance planes over the expanded box (``clipped_statistics_numpy``), then
+    :func:`decorrelate_numpy` (complex FFTs) on the expanded box; the inner boxes are averaged.
+
+    ``inner``/``expanded``: int64 ``(N, 4)`` arrays of ``(minX, minY, maxX, maxY)`` in parent
+    coordinates; ``xy0`` the parent origin of the arrays. Returns float64 (image, variance).
+    """
+    from .statistics import clipped_statistics_numpy
+
+    x0, y0 = int(xy0[0]), int(xy0[1])
+    acc = np.zeros(image.shape)
+    accv = np.zeros(image.shape)
+    weight = np.zeros(image.shape, dtype=np.int64)
+    for (ix0, iy0, ix1, iy1), (ex0, ey0, ex1, ey1) in zip(inner.tolist(), expanded.tolist()):
+        es = np.s_[ey0 - y0:ey1 - y0 + 1, ex0 - x0:ex1 - x0 + 1]
+        kappa = kernelImageAt(0.5 * (ex0 + ex1 + 1), 0.5 * (ey0 + ey1 + 1))
+        svar = clipped_statistics_numpy(sciVar[es], sciMask[es], andMask)[0]
+        tvar = clipped_statistics_numpy(tmplVar[es], tmplMask[es], andMask)[0]
+        img, var, _ = decorrelate_numpy(image[es], sciVar[es], tmplVar[es], kappa, svar, tvar, psfShape=psfShape)
+        sub = np.s_[iy0 - ey0:iy1 - ey0 + 1, ix0 - ex0:ix1 - ex0 + 1]
+        out = np.s_[iy0 - y0:iy1 - y0 + 1, ix0 - x0:ix1 - x0 + 1]
+        pi, pv = img[sub], var[sub]
+        valid = ~np.isnan(pi * pv)
+        acc[out] += np.where(valid, pi, 0.0)
+        accv[out] += np.where(valid, pv, 0.0)
+        weight[out] += valid
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(weight > 0, acc / weight, np.nan), np.where(weight > 0, accv / weight, np.nan)
