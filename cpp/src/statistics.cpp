@@ -63,20 +63,32 @@ bool isCandidate(double v, std::int32_t m, std::int32_t andMask) { return std::i
 // ----------------------------------------------------------------------------------------------
 // Compact copy of the candidates (small images and fallbacks)
 
-/// The finite values whose mask bits miss `andMask`, in row-major order.
+/// The finite values whose mask bits miss `andMask`, in row-major order. Small images are
+/// copied on the calling thread: per-cell statistics run inside parallel cell mappers, where
+/// spawning threads would only add overhead.
 template <typename T>
 std::vector<T> compactCandidates(ImageView<const T> values, ImageView<const std::int32_t> mask, std::int32_t andMask) {
     bool const useMask = mask.data != nullptr && andMask != 0;
+    auto copyRows = [&](std::size_t y0, std::size_t y1, std::vector<T>& out) {
+        for (std::size_t y = y0; y < y1; ++y) {
+            T const* row = values.row(std::ptrdiff_t(y));
+            std::int32_t const* mrow = useMask ? mask.row(std::ptrdiff_t(y)) : nullptr;
+            for (std::ptrdiff_t x = 0; x < values.width; ++x) {
+                T const v = row[x * values.colStride];
+                if (std::isfinite(v) && (mrow == nullptr || (mrow[x * mask.colStride] & andMask) == 0)) out.push_back(v);
+            }
+        }
+    };
+    if (std::size_t(values.size()) <= kDirectLimit) {
+        std::vector<T> out;
+        out.reserve(std::size_t(values.size()));
+        copyRows(0, std::size_t(values.height), out);
+        return out;
+    }
     Blocks const rows = threadBlocks(std::size_t(values.height));
     std::vector<std::vector<T>> partial(rows.count);
     parallelFor(std::ptrdiff_t(rows.count), [&](std::ptrdiff_t b) {
-        auto& out = partial[std::size_t(b)];
-        for (std::size_t y = rows.begin(std::size_t(b)); y < rows.end(std::size_t(b)); ++y) {
-            for (std::ptrdiff_t x = 0; x < values.width; ++x) {
-                T const v = values(std::ptrdiff_t(y), x);
-                if (isCandidate(double(v), useMask ? mask(std::ptrdiff_t(y), x) : 0, andMask)) out.push_back(v);
-            }
-        }
+        copyRows(rows.begin(std::size_t(b)), rows.end(std::size_t(b)), partial[std::size_t(b)]);
     });
     std::vector<T> all;
     std::size_t n = 0;
