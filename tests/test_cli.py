@@ -163,6 +163,12 @@ def test_demo_metrics(demo_run) -> None:
 
     assert metrics["plot"]["written"] is HAVE_MATPLOTLIB
     assert metrics["files"]["exposure"] == "exposure.fits"
+
+    mr = metrics["mapreduce"]
+    assert mr["identity_exact"] is True and mr["native_equals_python"] is True
+    assert mr["cells"] > 1
+    assert mr["flagged_output_pixels"] == mr["invalid_input_pixels"] > 0
+    assert (output / "mapreduce_grid.png").is_file() == HAVE_MATPLOTLIB
     assert metrics["files"]["metrics"] == "metrics.json"
 
 

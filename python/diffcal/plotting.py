@@ -14,9 +14,12 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import numpy as np
 
+    from matplotlib.figure import Figure
+
+    from .geom import Box2I
     from .image import Exposure
 
-__all__ = ["plot_exposure", "plot_decorrelation"]
+__all__ = ["plot_cell_grid", "plot_exposure", "plot_decorrelation"]
 
 
 def _block_or(mask: "np.ndarray", block: int) -> "np.ndarray":
@@ -59,24 +62,13 @@ def plot_exposure(exposure: "Exposure", path: Path, *, title: str = "") -> None:
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
-    from .statistics import clippedStatistics
-
     image = exposure.image
     mask = exposure.maskedImage.mask
     x0, y0 = exposure.getXY0()
     h, w = image.shape
     extent = (x0 - 0.5, x0 + w - 0.5, y0 - 0.5, y0 + h - 0.5)
 
-    # asinh stretch: linear within ~2 sigma of the sky, logarithmic for the stars
-    stats = clippedStatistics(image, mask.array, andMask=mask.getPlaneBitMask(["BAD", "SAT"]))
-    sigma = math.sqrt(stats.variance) if stats.variance > 0 else 1.0
-    soft = 2.0 * sigma
-    with np.errstate(invalid="ignore"):
-        stretched = np.arcsinh((image - stats.mean) / soft)
-    finite = stretched[np.isfinite(stretched)]
-    vmin = math.asinh(-2.0 * sigma / soft)
-    vmax = float(np.percentile(finite, 99.9)) if finite.size else 1.0
-    vmax = max(vmax, math.asinh(50.0 * sigma / soft))
+    stretched, vmin, vmax, stretch_label = _asinh_stretch(exposure)
 
     # OR-pool the mask so that no block is lost when the ~540-pixel-wide panel is drawn
     block = max(1, math.ceil(max(h, w) / 500))
@@ -101,7 +93,7 @@ def plot_exposure(exposure: "Exposure", path: Path, *, title: str = "") -> None:
     cmap = matplotlib.colormaps["gray"].with_extremes(bad=_NAN_COLOUR)
     im = ax_img.imshow(stretched, origin="lower", extent=extent, cmap=cmap, vmin=vmin, vmax=vmax,
                        interpolation="antialiased")
-    fig.colorbar(im, ax=ax_img, shrink=0.8, label=f"asinh((image - {stats.mean:.3g}) / {soft:.3g})")
+    fig.colorbar(im, ax=ax_img, shrink=0.8, label=stretch_label)
     ax_img.set_title("image (asinh stretch)")
     ax_mask.imshow(rgb, origin="lower", extent=extent, interpolation="nearest")
     ax_mask.set_title("mask planes" + (f" (OR over {block}x{block} blocks)" if block > 1 else ""))
@@ -111,12 +103,7 @@ def plot_exposure(exposure: "Exposure", path: Path, *, title: str = "") -> None:
     ax_img.set_ylabel("y (parent pixels)")
     if title:
         fig.suptitle(title)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    _save_png(fig, path)
 
 
 def plot_decorrelation(before: "Exposure", after: "Exposure", path: Path, *, title: str = "",
@@ -155,9 +142,84 @@ def plot_decorrelation(before: "Exposure", after: "Exposure", path: Path, *, tit
         ax.legend(fontsize="small")
     if title:
         fig.suptitle(title)
+    _save_png(fig, path)
+
+
+def _save_png(fig: "Figure", path: Path) -> None:
+    """Save a figure as PNG, replacing ``path`` atomically (no half-written file on error)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         fig.savefig(tmp, format="png")
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _asinh_stretch(exposure: "Exposure") -> tuple["np.ndarray", float, float, str]:
+    """asinh stretch of the image: linear within ~2 sigma of the sky, logarithmic for stars.
+
+    Returns the stretched image, display limits and a colour-bar label. Sky level and sigma are
+    the clipped mean and variance of the unmasked (BAD, SAT) pixels.
+    """
+    import numpy as np
+
+    from .statistics import clippedStatistics
+
+    image = exposure.image
+    mask = exposure.maskedImage.mask
+    stats = clippedStatistics(image, mask.array, andMask=mask.getPlaneBitMask(["BAD", "SAT"]))
+    sigma = math.sqrt(stats.variance) if stats.variance > 0 else 1.0
+    soft = 2.0 * sigma
+    with np.errstate(invalid="ignore"):
+        stretched = np.arcsinh((image - stats.mean) / soft)
+    finite = stretched[np.isfinite(stretched)]
+    vmin = math.asinh(-2.0 * sigma / soft)
+    vmax = float(np.percentile(finite, 99.9)) if finite.size else 1.0
+    vmax = max(vmax, math.asinh(50.0 * sigma / soft))
+    return stretched, vmin, vmax, f"asinh((image - {stats.mean:.3g}) / {soft:.3g})"
+
+
+def plot_cell_grid(exposure: "Exposure", inner: "list[Box2I]", expanded: "list[Box2I]", path: Path, *,
+                   title: str = "", highlight: int | None = None) -> None:
+    """Write a PNG of an ImageMapReduce grid drawn over the image.
+
+    Every cell's inner box (``boxes0``) is outlined; one cell (``highlight``, default the one
+    nearest the image centre) also shows its expanded box (``boxes1``, dashed), so the overlap is visible. Axes are in
+    parent pixel coordinates (boxes are inclusive: an outline runs along the pixel edges).
+    Raises ImportError when matplotlib is not installed.
+    """
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    stretched, vmin, vmax, label = _asinh_stretch(exposure)
+    x0, y0 = exposure.getXY0()
+    h, w = exposure.image.shape
+    extent = (x0 - 0.5, x0 + w - 0.5, y0 - 0.5, y0 + h - 0.5)
+    fig = Figure(figsize=(8.0, 7.2), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    im = ax.imshow(stretched, origin="lower", extent=extent, cmap=matplotlib.colormaps["gray"], vmin=vmin,
+                   vmax=vmax, interpolation="antialiased")
+    fig.colorbar(im, ax=ax, shrink=0.8, label=label)
+    for box in inner:
+        ax.add_patch(Rectangle((box.getMinX() - 0.5, box.getMinY() - 0.5), box.getWidth(), box.getHeight(),
+                               fill=False, edgecolor="#33a0ff", linewidth=0.6, alpha=0.8))
+    if inner:
+        if highlight is None:  # the cell nearest the image centre
+            cx, cy = x0 + 0.5 * (w - 1), y0 + 0.5 * (h - 1)
+            i = min(range(len(inner)), key=lambda j: (inner[j].getCenter().x - cx) ** 2 + (inner[j].getCenter().y - cy) ** 2)
+        else:
+            i = highlight
+        for box, style, colour, name in ((inner[i], "-", "#ffb000", "inner box"),
+                                         (expanded[i], "--", "#ff4040", "expanded box")):
+            ax.add_patch(Rectangle((box.getMinX() - 0.5, box.getMinY() - 0.5), box.getWidth(), box.getHeight(),
+                                   fill=False, edgecolor=colour, linestyle=style, linewidth=1.8, label=f"cell {i}: {name}"))
+        ax.legend(loc="upper right", fontsize="small", framealpha=0.85)
+    ax.set_xlim(extent[0], extent[1])
+    ax.set_ylim(extent[2], extent[3])
+    ax.set_xlabel("x (parent pixels)")
+    ax.set_ylabel("y (parent pixels)")
+    ax.set_title(title or f"ImageMapReduce grid: {len(inner)} cells")
+    _save_png(fig, path)

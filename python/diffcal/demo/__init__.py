@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from ._framework import DEMO_STEPS, DemoContext, DemoOptions, DemoReport, DemoStep, demo_step, run_demo
 from . import foundation  # noqa: E402,F401  (registers its steps)
+from . import mapreduce  # noqa: E402,F401  (registers its steps)
 from . import decorrelation  # noqa: E402,F401  (registers its steps)
 
 __all__ = ["DEMO_STEPS", "DemoContext", "DemoOptions", "DemoReport", "DemoStep", "demo_step", "run_demo"]
