@@ -358,3 +358,10 @@ def _add_decorrelate(subparsers: Any, common: argparse.ArgumentParser) -> None:
     from .decorrelation_cli import add_command  # `decorrelate` and `simulate pair`; numpy loaded lazily
 
     add_command(subparsers, common)
+
+
+@_command
+def _add_jointcal(subparsers: Any, common: argparse.ArgumentParser) -> None:
+    from .jointcal.cli import add_commands  # `jointcal` and `simulate survey` (after `simulate pair`)
+
+    add_commands(subparsers, common)
