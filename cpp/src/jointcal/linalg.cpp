@@ -83,8 +83,40 @@ std::ptrdiff_t denseCholeskyInPlace(Eigen::Ref<Eigen::MatrixXd> A, std::ptrdiff_
 }
 
 void denseCholeskySolveInPlace(Eigen::Ref<Eigen::MatrixXd const> L, Eigen::Ref<Eigen::VectorXd> b) {
-    L.triangularView<Eigen::Lower>().solveInPlace(b);
-    L.transpose().triangularView<Eigen::Upper>().solveInPlace(b);
+    std::ptrdiff_t const n = L.rows();
+    std::ptrdiff_t const nb = 256;
+    if (n < 4 * nb) {
+        L.triangularView<Eigen::Lower>().solveInPlace(b);
+        L.transpose().triangularView<Eigen::Upper>().solveInPlace(b);
+        return;
+    }
+    // Blocked substitutions; the panel products run in parallel on fixed row blocks, each written by one task
+    // (forward) or reduced in block order (backward): bit-identical for any thread count.
+    std::ptrdiff_t const nBlocks = (n + nb - 1) / nb;
+    for (std::ptrdiff_t k = 0; k < nBlocks; ++k) {
+        std::ptrdiff_t const k0 = k * nb, kb = std::min(nb, n - k0);
+        L.block(k0, k0, kb, kb).triangularView<Eigen::Lower>().solveInPlace(b.segment(k0, kb));
+        std::ptrdiff_t const rest = nBlocks - k - 1;
+        if (rest == 0) break;
+        parallelFor(rest, [&](std::ptrdiff_t t) {
+            std::ptrdiff_t const i0 = (k + 1 + t) * nb, ib = std::min(nb, n - i0);
+            b.segment(i0, ib).noalias() -= L.block(i0, k0, ib, kb) * b.segment(k0, kb);
+        });
+    }
+    Eigen::MatrixXd partial(nb, nBlocks);
+    for (std::ptrdiff_t k = nBlocks - 1; k >= 0; --k) {
+        std::ptrdiff_t const k0 = k * nb, kb = std::min(nb, n - k0);
+        std::ptrdiff_t const r0 = k0 + kb;
+        std::ptrdiff_t const nChunks = (n - r0 + nb - 1) / nb;
+        if (nChunks > 0) {
+            parallelFor(nChunks, [&](std::ptrdiff_t t) {
+                std::ptrdiff_t const c0 = r0 + t * nb, cb = std::min(nb, n - c0);
+                partial.col(t).head(kb).noalias() = L.block(c0, k0, cb, kb).transpose() * b.segment(c0, cb);
+            });
+            for (std::ptrdiff_t t = 0; t < nChunks; ++t) b.segment(k0, kb) -= partial.col(t).head(kb);
+        }
+        L.block(k0, k0, kb, kb).transpose().triangularView<Eigen::Upper>().solveInPlace(b.segment(k0, kb));
+    }
 }
 
 }  // namespace diffcal::jointcal

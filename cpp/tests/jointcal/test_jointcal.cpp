@@ -274,3 +274,23 @@ TEST_CASE("jointcal whatToFit parsing") {
     CHECK_FALSE(w.positions);
     CHECK_THROWS_AS(WhatToFit::parse("Fluxes"), std::invalid_argument);
 }
+
+TEST_CASE("jointcal dense triangular solves: blocked parallel path matches the serial one") {
+    int const n = 1500;
+    Eigen::MatrixXd B = Eigen::MatrixXd::Random(n, n + 10);
+    Eigen::MatrixXd A = B * B.transpose() + n * Eigen::MatrixXd::Identity(n, n);
+    Eigen::MatrixXd L = A;
+    REQUIRE(denseCholeskyInPlace(L) == -1);
+    Eigen::VectorXd b = Eigen::VectorXd::Random(n);
+    Eigen::VectorXd x1 = b, x2 = b, x3 = b;
+    setNumThreads(1);
+    denseCholeskySolveInPlace(L, x1);
+    setNumThreads(2);
+    denseCholeskySolveInPlace(L, x2);
+    setNumThreads(4);
+    denseCholeskySolveInPlace(L, x3);
+    setNumThreads(0);
+    CHECK((x2 - x3).cwiseAbs().maxCoeff() == 0.0);
+    CHECK((x1 - x2).cwiseAbs().maxCoeff() == 0.0);
+    CHECK((A * x2 - b).norm() < 1e-10 * b.norm());
+}

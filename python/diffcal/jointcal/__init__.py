@@ -1,8 +1,24 @@
 """jointcal: joint astrometric (and, later, photometric) calibration of many visits.
 
-Public API: `JointcalTask`, `JointcalConfig`, `simulate` (plus the input data classes `VisitSummary`,
-`Camera`, `DetectorGeometry`, `TanSipWcs` and the file readers in `diffcal.jointcal.readers`).
-Submodules are imported lazily.
+Public API (the design's contract): `JointcalTask`, `JointcalConfig`, `simulate`; plus the input data classes
+`VisitSummary`, `Camera`, `DetectorGeometry` and `TanSipWcs`. Submodules (imported lazily):
+
+``config``      `JointcalConfig` (every applicable field of the reference), reference-catalog config
+``selectors``   science source selector and reference selector
+``inputs``      in-memory inputs of `JointcalTask.run`: `VisitSummary`, `Camera`, column tables
+``readers``     INPUT_DIR readers (parquet source tables, visitSummary FITS, calexp WCS headers, refcat shards,
+                camera) and the simulator's writer
+``task``        `JointcalTask` (load, associate, fit sequence, outlier rejection loop, outputs)
+``models``      `AstrometryModel`: evaluation, lossless JSON, TAN-SIP output WCS
+``wcs``         `TanSipWcs` (FITS TAN-SIP headers, 0-based pixels), `fitTanSip`, gnomonic projections
+``simulation``  `simulate` (surveys with known truth) and `SimulatedSurvey.evaluate` (truth comparison)
+``outputs``     writing a result directory (metrics.json, config, metadata, model, WCS files, plots)
+``plots``       chi2/ndof per step, residual whisker maps (matplotlib)
+``cli``         ``diffcal jointcal`` and ``diffcal simulate survey``
+
+The numerical core (association, models, Jacobians, normal equations, Schur and sparse solvers) is C++ in
+``diffcal._core._jointcal`` (``cpp/include/diffcal/jointcal``). The photometric fit is not implemented yet
+(the data model carries instrumental and calibrated fluxes and magnitudes for it).
 """
 
 from __future__ import annotations

@@ -30,6 +30,16 @@ __all__ = ["add_commands", "add_jointcal", "add_simulate_survey", "applyOverride
            "run_simulate_survey"]
 
 
+def _usageError(message: str) -> Exception:
+    """A ValueError that diffcal.cli reports as a plain one-line message (a DiffcalError)."""
+    from ..errors import DiffcalError
+
+    class JointcalUsageError(DiffcalError, ValueError):
+        pass
+
+    return JointcalUsageError(message)
+
+
 def applyOverride(config: Any, text: str) -> None:
     """Apply one ``field=value`` override (dotted names, e.g. ``sourceSelector.science.doUnresolved=False``).
 
@@ -42,7 +52,7 @@ def applyOverride(config: Any, text: str) -> None:
         Malformed override or unknown field.
     """
     if "=" not in text:
-        raise ValueError(f"config override {text!r} is not of the form field=value")
+        raise _usageError(f"config override {text!r} is not of the form field=value")
     name, value = text.split("=", 1)
     name = name.strip()
     parts = name.split(".")
@@ -54,17 +64,17 @@ def applyOverride(config: Any, text: str) -> None:
             try:
                 obj = obj[part]
             except (KeyError, TypeError):
-                raise ValueError(f"config override {text!r}: no field {part!r}") from None
+                raise _usageError(f"config override {text!r}: no field {part!r}") from None
     try:
         parsed: Any = ast.literal_eval(value.strip())
     except (ValueError, SyntaxError):
         parsed = value.strip()
     if not hasattr(obj, parts[-1]):
-        raise ValueError(f"config override {text!r}: no field {parts[-1]!r}")
+        raise _usageError(f"config override {text!r}: no field {parts[-1]!r}")
     try:
         setattr(obj, parts[-1], parsed)
     except Exception as exc:
-        raise ValueError(f"config override {text!r}: {exc}") from None
+        raise _usageError(f"config override {text!r}: {exc}") from None
 
 
 class _StdoutLogging:
@@ -110,7 +120,7 @@ def run_jointcal(args: argparse.Namespace) -> int:
         camera = readCamera(args.camera) if args.camera else None
         refcat = readReferenceCatalog(args.refcat) if args.refcat else None
         if refcat is None and config.doAstrometry:
-            raise ValueError("--refcat is required for the astrometric fit (or pass -c doAstrometry=False)")
+            raise _usageError("--refcat is required for the astrometric fit (or pass -c doAstrometry=False)")
         print(f"diffcal jointcal: read {len(summaries)} visits from {args.input_dir} in {time.perf_counter() - t0:.2f} s")
         task = JointcalTask(config=config)
         result = task.run(tables, summaries, camera, astrometryRefCat=refcat, photometryRefCat=refcat)

@@ -77,7 +77,9 @@ class JointcalConfig(Config):
                          doc="Fit photometry and write the fitted PhotoCalib? (not implemented yet: skipped "
                              "with a warning)")
     sourceFluxType = Field(dtype=str, default="apFlux_12_0",
-                           doc="Source flux column family used for selection and fitting")
+                           doc="Source flux column family used for fitting; the science selector's S/N "
+                               "fields and flux flag are derived from it in setDefaults only (as in the "
+                               "reference): set sourceSelector['science'].signalToNoise too when changing it")
     positionErrorPedestal = Field(dtype=float, default=0.02,
                                   doc="Systematic term added in quadrature to centroid errors (pixels)")
     photometryErrorPedestal = Field(dtype=float, default=0.0,

@@ -16,9 +16,12 @@
 //   FitterOptions::referencePmSign reproduces it.
 // * Rank update ("doRankUpdate"): removed outlier terms are subtracted from the normal equations evaluated
 //   at the parameters of the factorization (the reference subtracts them evaluated at the current
-//   parameters, a second-order difference); the downdated system is then solved exactly (Schur: dense
-//   rank-2 downdates of the reduced matrix; sparse: numeric refactorization with the symbolic analysis
-//   reused). The gradient update is the reference's linearized one (minus the outliers' gradient).
+//   parameters, a second-order difference). Instead of CHOLMOD's factor downdate, the downdated system is
+//   solved by conjugate gradients preconditioned with the (exact) factorization of the build point, to a
+//   relative precision of 1e-9 (Schur: each removed term is a rank-2 downdate of the reduced matrix;
+//   sparse: of the full matrix); the downdates are folded in and refactorized when they grow large or PCG
+//   stalls. The gradient update is the reference's linearized one (minus the outliers' gradient).
+// * removeAllOutliersPerPass (option, default off) drops the one-outlier-per-parameter-group rule.
 // * Simple-model parameter blocks follow the CcdImage input order (the reference uses hash-map order).
 // * A CcdImage whose simple mapping was reduced to order 0 (a constant) propagates its centroid errors with
 //   the input WCS's CD matrix; the reference propagates them through the constant map, gets a zero
