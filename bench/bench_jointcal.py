@@ -16,6 +16,21 @@ and the peak resident memory added during the run (Linux ``VmHWM``). Each solver
 minutes for the sparse solver); the numbers are single measurements on a shared machine. Results are printed
 and written as JSON (``--out``).
 
+Results (2026-11, Intel Xeon VM with 2 cores, 2 core threads; 871 926 fitted measurements, 108 960 fitted
+stars, 4440 model parameters, 12 069 rejected terms; both solvers reach the same chi2 to 1e-13):
+
+==============================  ===============  ===============  ==========
+outlier rule                    Schur fit        sparse fit       speed-up
+==============================  ===============  ===============  ==========
+reference (one per group/pass)  86 s, +0.9 GiB   2111 s, +8.8 GiB   24x
+removeAllOutliersPerPass        19 s, +0.9 GiB    315 s, +8.8 GiB   17x
+==============================  ===============  ===============  ==========
+
+With the reference rule the outlier loop needs 330 passes (at most one rejection per chip and per visit per
+pass); each pass costs a chi2 evaluation over all measurements, a PCG solve of the downdated reduced system
+(~6 iterations, each two triangular solves with the 4440 x 4440 factor) and a back-substitution. prepare
+(association etc.) takes 0.7 s and the TAN-SIP output 5 s.
+
 Usage::
 
     python bench/bench_jointcal.py [--visits 100] [--detectors 40] [--stars 330000] [--dither 1.5]

@@ -165,3 +165,30 @@ def test_results_do_not_depend_on_thread_count():
     for chi2, params in results[1:]:
         assert chi2 == results[0][0]
         np.testing.assert_array_equal(params, results[0][1])
+
+
+def test_line_search_reaches_the_same_minimum():
+    """doLineSearch (Brent on the step scale, used by the reference for constrained photometry) on astrometry."""
+    small = simulate(nVisits=4, nDetectors=2, nStars=800, seed=12, ditherRadius=0.02, outlierFraction=0.0)
+    chi2 = {}
+    for search in (False, True):
+        state = JointcalTask(config=_config("constrained")).prepareAstrometry(
+            **{k: v for k, v in small.runArguments().items() if k != "photometryRefCat"})
+        f = state.fitter
+        for what in ("DistortionsVisit", "Distortions", "Positions"):
+            f.minimize(what)
+        for _ in range(3):
+            assert f.minimize("Distortions Positions", 0.0, 0.0, True, search) == 0
+        chi2[search] = f.compute_chi2()
+    assert chi2[True][1] == chi2[False][1]
+    assert chi2[True][0] == pytest.approx(chi2[False][0], rel=1e-6)
+
+
+def test_remove_all_outliers_per_pass(survey):
+    """The faster rejection variant (no one-per-parameter-group limit) keeps the quality of the fit."""
+    result = JointcalTask(config=_config("constrained", removeAllOutliersPerPass=True)).run(**survey.runArguments())
+    report = survey.evaluate(result)
+    assert result.job["astrometry_final_chi2"] / result.job["astrometry_final_ndof"] == pytest.approx(1.0, abs=0.05)
+    assert report["outliers_rejected"] >= 0.95 * report["outliers_injected"]
+    assert report["false_rejected"] < 0.005 * report["n_measurements"]
+    assert report["map_ratio"] < 1.5

@@ -7,6 +7,7 @@
 #include <numeric>
 #include <sstream>
 #include <stdexcept>
+#include <unordered_map>
 
 #include "diffcal/parallel.hpp"
 #include "problem.hpp"
@@ -93,6 +94,7 @@ OutlierSet findOutliers(Problem& pb, std::vector<double> const& mc, std::vector<
                  ", " + std::to_string(cand.size()) + " terms above the cut");
     auto const& L = pb.layout;
     std::vector<std::uint8_t> blockTouched(pb.model.blocks().size(), 0), starTouched(fs.size(), 0);
+    std::unordered_map<std::size_t, int> takenFromStar;
     std::int64_t skipped1 = 0, skipped0 = 0;
     for (Cand const& c : cand) {
         if (c.kind == 1) {
@@ -103,6 +105,11 @@ OutlierSet findOutliers(Problem& pb, std::vector<double> const& mc, std::vector<
             }
             if (!L.positions()) continue;
             if (onePerGroup && starTouched[f]) continue;
+            if (!onePerGroup) {
+                auto& taken = takenFromStar[f];
+                if (fs.nMeasurements[f] + 1 - taken <= 1) continue;
+                ++taken;
+            }
             starTouched[f] = 1;
             out.refStars.push_back(int(f));
         } else {
@@ -118,6 +125,14 @@ OutlierSet findOutliers(Problem& pb, std::vector<double> const& mc, std::vector<
                 bool touched = useStar && starTouched[f];
                 for (int j = 0; j < cf.n; ++j) touched = touched || blockTouched[std::size_t(cf.block[j])];
                 if (touched) continue;
+            } else {
+                // without the per-group rule, never take a star's last remaining term in one pass
+                auto& taken = takenFromStar[f];
+                if (fs.nMeasurements[f] + (fs.ref[f] >= 0 ? 1 : 0) - taken <= 1) {
+                    ++skipped1;
+                    continue;
+                }
+                ++taken;
             }
             for (int j = 0; j < cf.n; ++j) blockTouched[std::size_t(cf.block[j])] = 1;
             if (useStar) starTouched[f] = 1;
