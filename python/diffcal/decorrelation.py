@@ -78,6 +78,7 @@ from typing import Any
 import numpy as np
 
 from . import _core
+from .geom import Box2I
 from .image import Exposure, Mask, MaskedImage
 from .kernel import Kernel
 from .mapreduce import ImageMapper, ImageMapReduceConfig, ImageMapReduceTask
@@ -102,6 +103,31 @@ DEFAULT_IGNORE_MASK_PLANES: tuple[str, ...] = (
 #: Above this ratio vt / v the correction diverges (the reference warns).
 _VARIANCE_RATIO_WARNING = 1e8
 
+
+
+def _checkDecorrelationInputs(scienceExposure: Any, templateExposure: Any, subtractedExposure: Any,
+                              psfMatchingKernel: Any, preConvKernel: Any, templateMatched: bool,
+                              preConvMode: bool) -> Box2I:
+    """Validate the arguments shared by the decorrelation tasks; return the diffim bbox.
+
+    Raises ValueError for ``preConvKernel`` without ``templateMatched and preConvMode`` (as the
+    reference) and for mismatched bounding boxes, TypeError for arguments of the wrong type.
+    """
+    if preConvKernel is not None and not (templateMatched and preConvMode):
+        raise ValueError("preConvKernel is only allowed with templateMatched=True and preConvMode=True")
+    for name, exp in (("scienceExposure", scienceExposure), ("templateExposure", templateExposure),
+                      ("subtractedExposure", subtractedExposure)):
+        if not isinstance(exp, Exposure):
+            raise TypeError(f"{name} must be a diffcal.image.Exposure, got {type(exp).__name__}")
+    bbox = subtractedExposure.getBBox()
+    for name, exp in (("scienceExposure", scienceExposure), ("templateExposure", templateExposure)):
+        if exp.getBBox() != bbox:
+            raise ValueError(f"{name} bounding box {exp.getBBox()!r} differs from the subtractedExposure "
+                             f"bounding box {bbox!r} (pass the template cut to the science bbox)")
+    if not isinstance(psfMatchingKernel, Kernel):
+        raise TypeError("psfMatchingKernel must be a diffcal.kernel.Kernel, got "
+                        f"{type(psfMatchingKernel).__name__}")
+    return bbox
 
 class DecorrelateALKernelConfig(Config):
     """Configuration of :class:`DecorrelateALKernelTask`."""
@@ -246,20 +272,8 @@ class DecorrelateALKernelTask(Task):
         TypeError
             Arguments of the wrong type.
         """
-        if preConvKernel is not None and not (templateMatched and preConvMode):
-            raise ValueError("preConvKernel is only allowed with templateMatched=True and preConvMode=True")
-        for name, exp in (("scienceExposure", scienceExposure), ("templateExposure", templateExposure),
-                          ("subtractedExposure", subtractedExposure)):
-            if not isinstance(exp, Exposure):
-                raise TypeError(f"{name} must be a diffcal.image.Exposure, got {type(exp).__name__}")
-        bbox = subtractedExposure.getBBox()
-        for name, exp in (("scienceExposure", scienceExposure), ("templateExposure", templateExposure)):
-            if exp.getBBox() != bbox:
-                raise ValueError(f"{name} bounding box {exp.getBBox()!r} differs from the subtractedExposure "
-                                 f"bounding box {bbox!r} (pass the template cut to the science bbox)")
-        if not isinstance(psfMatchingKernel, Kernel):
-            raise TypeError("psfMatchingKernel must be a diffcal.kernel.Kernel, got "
-                            f"{type(psfMatchingKernel).__name__}")
+        bbox = _checkDecorrelationInputs(scienceExposure, templateExposure, subtractedExposure,
+                                         psfMatchingKernel, preConvKernel, templateMatched, preConvMode)
 
         # 2. matching kernel image, unnormalised, at the image centre by default
         if xcen is None:
@@ -665,20 +679,8 @@ class DecorrelateALKernelSpatialTask(Task):
         ValueError, TypeError, RuntimeError
             See the class docstring.
         """
-        if preConvKernel is not None and not (templateMatched and preConvMode):
-            raise ValueError("preConvKernel is only allowed with templateMatched=True and preConvMode=True")
-        for name, exp in (("scienceExposure", scienceExposure), ("templateExposure", templateExposure),
-                          ("subtractedExposure", subtractedExposure)):
-            if not isinstance(exp, Exposure):
-                raise TypeError(f"{name} must be a diffcal.image.Exposure, got {type(exp).__name__}")
-        bbox = subtractedExposure.getBBox()
-        for name, exp in (("scienceExposure", scienceExposure), ("templateExposure", templateExposure)):
-            if exp.getBBox() != bbox:
-                raise ValueError(f"{name} bounding box {exp.getBBox()!r} differs from the subtractedExposure "
-                                 f"bounding box {bbox!r} (pass the template cut to the science bbox)")
-        if not isinstance(psfMatchingKernel, Kernel):
-            raise TypeError("psfMatchingKernel must be a diffcal.kernel.Kernel, got "
-                            f"{type(psfMatchingKernel).__name__}")
+        _checkDecorrelationInputs(scienceExposure, templateExposure, subtractedExposure,
+                                  psfMatchingKernel, preConvKernel, templateMatched, preConvMode)
 
         logStatistics = self.log.isEnabledFor(logging.INFO)
         if logStatistics:
