@@ -128,6 +128,54 @@ def test_property_matches_reference(height, width, dtype, seed, nan_frac, mask_f
     assert 0 <= s.nUsed <= s.nCandidates <= img.size
 
 
+MEDIUM_CASES = {
+    "normal": lambda rng, n: rng.normal(25.0, 0.5, n),
+    "ties": lambda rng, n: rng.integers(0, 7, n).astype(float),       # brackets cannot split a tie
+    "ramp": lambda rng, n: np.linspace(-3.0, 9.0, n),                 # strongly ordered pixels
+    "bimodal": lambda rng, n: np.where(rng.random(n) < 0.3, rng.normal(0, 1, n), rng.normal(50, 2, n)),
+    "heavy_tail": lambda rng, n: rng.standard_cauchy(n),
+    "constant": lambda rng, n: np.full(n, 4.25),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MEDIUM_CASES))
+@pytest.mark.parametrize("shape", [(91, 91), (228, 228), (300, 437)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_medium_images_exact_quartiles(case, shape, dtype):
+    """Images of 8k-131k pixels (decorrelation cells) select quartiles from sampled brackets, with a
+    fallback when the sample misleads: medians and IQRs must still be exact."""
+    rng = np.random.default_rng(len(case) * 1000 + shape[0])
+    img = MEDIUM_CASES[case](rng, shape[0] * shape[1]).reshape(shape).astype(dtype)
+    mask = np.zeros(shape, np.int32)
+    mask[rng.random(shape) < 0.05] = 1
+    img[rng.random(shape) < 0.01] = np.nan
+    got = clippedStatistics(img, mask, andMask=1)
+    cand = img[np.isfinite(img) & (mask == 0)].astype(np.float64)
+    q1, med, q3 = np.percentile(cand, [25, 50, 75])
+    assert got.nCandidates == cand.size
+    assert got.median == med
+    assert_close(got.iqr, q3 - q1, abs(q1) + abs(q3))
+    mean, var = clipped_statistics_numpy(img, mask, 1)
+    scale = float(np.max(np.abs(cand)))
+    assert_close(got.mean, mean, scale)
+    assert_close(got.variance, var, scale * scale)
+
+
+@settings(max_examples=12, deadline=None)
+@given(height=st.integers(91, 260), width=st.integers(91, 260), seed=st.integers(0, 2**32 - 1),
+       outlier_frac=st.floats(0.0, 0.3), loc=st.floats(-1e4, 1e4))
+def test_property_medium_images_match_reference(height, width, seed, outlier_frac, loc):
+    rng = np.random.default_rng(seed)
+    img, mask = make_image(rng, (height, width), np.float32, 0.02, 0.05, outlier_frac, mean=loc, sigma=3.0)
+    s = clippedStatistics(img, mask, andMask=1 << 3)
+    mean, var = clipped_statistics_numpy(img, mask, 1 << 3)
+    scale = abs(loc) + 3.0
+    assert_close(s.mean, mean, scale)
+    assert_close(s.variance, var, scale * scale)
+    cand = img[np.isfinite(img) & ((mask & (1 << 3)) == 0)].astype(np.float64)
+    assert s.median == np.percentile(cand, 50)
+
+
 def test_results_bit_identical_for_any_thread_count():
     rng = np.random.default_rng(5)
     img, mask = make_image(rng, (1500, 1100), np.float32)

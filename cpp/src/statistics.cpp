@@ -219,6 +219,92 @@ std::vector<double> quantilesInPlace(std::vector<T>& work, std::vector<double> c
     return out;
 }
 
+/// Exact quartiles (fractions 0.25, 0.5, 0.75) of a compact copy from one branch-free pass.
+///
+/// A strided sample (1 value in kBracketStride, sorted) places a narrow value bracket around each
+/// quartile; one pass counts the values below each bracket and copies the values inside it; three
+/// small selections finish. About 20 % of the values land in brackets, so this costs one pass
+/// plus a sort of 6 % of the data, where successive nth_element calls cost several passes with
+/// unpredictable branches. Returns false when a bracket misses its ranks (heavily tied or
+/// strongly ordered data): the caller then selects on the whole copy. Exact either way.
+constexpr std::size_t kBracketStride = 16;
+constexpr std::size_t kBracketMinimum = std::size_t(1) << 13;  // below this: plain selection
+
+template <typename T>
+bool bracketedQuartiles(std::vector<T> const& cand, double out[3]) {
+    std::size_t const n = cand.size();
+    std::size_t const m = n / kBracketStride;
+    std::vector<T> sample(m);
+    for (std::size_t i = 0; i < m; ++i) sample[i] = cand[i * kBracketStride + (i * 7) % kBracketStride];
+    double const fractions[3] = {0.25, 0.5, 0.75};
+    // +- about 4 standard deviations of a sample quantile's rank, in sample ranks
+    double const margin = 2.0 * std::sqrt(double(m)) + 4.0;
+    std::ptrdiff_t ra[3], rb[3];
+    for (int q = 0; q < 3; ++q) {
+        double const s = fractions[q] * double(m - 1);
+        ra[q] = std::ptrdiff_t(std::floor(s - margin));
+        rb[q] = std::ptrdiff_t(std::ceil(s + 1.0 + margin));
+    }
+    // the sample values at those ranks, by successive selections (cheaper than sorting)
+    {
+        std::ptrdiff_t ranks[6] = {ra[0], rb[0], ra[1], rb[1], ra[2], rb[2]};
+        std::sort(ranks, ranks + 6);
+        auto from = sample.begin();
+        for (std::ptrdiff_t r : ranks) {
+            if (r <= 0 || r >= std::ptrdiff_t(m)) continue;
+            auto const kth = sample.begin() + r;
+            if (kth >= from) std::nth_element(from, kth, sample.end());
+            from = kth + 1;
+        }
+    }
+    T lo[3], hi[3];
+    std::size_t cap[3];
+    for (int q = 0; q < 3; ++q) {
+        std::ptrdiff_t const a = ra[q], b = rb[q];
+        lo[q] = a > 0 ? sample[std::size_t(a)] : -std::numeric_limits<T>::infinity();
+        hi[q] = b < std::ptrdiff_t(m) ? sample[std::size_t(b)] : std::numeric_limits<T>::infinity();
+        if (!(lo[q] < hi[q])) return false;  // a tie spans the bracket
+        std::size_t const width = std::size_t(std::max<std::ptrdiff_t>(0, std::min<std::ptrdiff_t>(b, m) -
+                                                                           std::max<std::ptrdiff_t>(a, 0)));
+        cap[q] = std::min(n, 2 * (width + 1) * kBracketStride + 64);
+    }
+    std::vector<T> buf(cap[0] + cap[1] + cap[2]);
+    T* bq[3] = {buf.data(), buf.data() + cap[0], buf.data() + cap[0] + cap[1]};
+    // Branch-free pass with every counter in a register: each value is stored at the current
+    // end of each bracket buffer and kept only if it lies inside (the end advances).
+    std::size_t b0 = 0, b1 = 0, b2 = 0, i0 = 0, i1 = 0, i2 = 0;
+    T const lo0 = lo[0], lo1 = lo[1], lo2 = lo[2], hi0 = hi[0], hi1 = hi[1], hi2 = hi[2];
+    T* const p0 = bq[0];
+    T* const p1 = bq[1];
+    T* const p2 = bq[2];
+    std::size_t const c0 = cap[0] - 1, c1 = cap[1] - 1, c2 = cap[2] - 1;
+    for (T const v : cand) {
+        b0 += v < lo0;
+        b1 += v < lo1;
+        b2 += v < lo2;
+        p0[std::min(i0, c0)] = v;
+        p1[std::min(i1, c1)] = v;
+        p2[std::min(i2, c2)] = v;
+        i0 += (v >= lo0) & (v < hi0);
+        i1 += (v >= lo1) & (v < hi1);
+        i2 += (v >= lo2) & (v < hi2);
+    }
+    std::size_t const below[3] = {b0, b1, b2}, inside[3] = {i0, i1, i2};
+    for (int q = 0; q < 3; ++q) {
+        auto const [k, t] = rankOf(fractions[q], n);
+        std::size_t const k1 = std::min(k + 1, n - 1);
+        if (inside[q] > cap[q] || k < below[q] || k1 >= below[q] + inside[q]) return false;
+        T* const first = bq[q];
+        T* const last = first + inside[q];
+        T* const kth = first + (k - below[q]);
+        std::nth_element(first, kth, last);
+        double const a = double(*kth);
+        double const b = k1 == k ? a : double(*std::min_element(kth + 1, last));
+        out[q] = lerp(a, b, t);
+    }
+    return true;
+}
+
 // ----------------------------------------------------------------------------------------------
 // Clipping passes
 
@@ -466,8 +552,12 @@ ClippedStatistics directStatistics(std::vector<T> const& cand, ClipControl const
         out.mean = out.variance = out.median = out.iqr = kNaN;
         return out;
     }
-    std::vector<T> work = cand;
-    std::vector<double> const q = quantilesInPlace(work, {0.25, 0.5, 0.75});
+    double q[3];
+    if (!(cand.size() >= kBracketMinimum && bracketedQuartiles(cand, q))) {
+        std::vector<T> work = cand;
+        std::vector<double> const all = quantilesInPlace(work, {0.25, 0.5, 0.75});
+        std::copy(all.begin(), all.end(), q);
+    }
     out.median = q[1];
     out.iqr = q[2] - q[0];
     clipPasses(cand, control, out);
