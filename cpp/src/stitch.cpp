@@ -107,8 +107,9 @@ struct RowScratch {
     Buffer<std::int32_t> mask, weight;
     Buffer<double> sumImage, sumVariance;
     Buffer<T> copyImage, copyVariance;
-    std::vector<ConstPlanes<T> const*> rowPatches;
-    std::vector<Event> events;
+    std::vector<ConstPlanes<T> const*> rowPatches;  // the band's patches, in patch order
+    std::vector<Event> bandEvents;                  // their column ranges, sorted by column
+    std::vector<Event> events;                      // bandEvents of the patches covering one row
     std::vector<std::int32_t> active;  // indices into rowPatches, ascending (= patch order)
     explicit RowScratch(std::int64_t width)
         : mask(width),
@@ -284,6 +285,7 @@ std::int64_t directSimd(float const* pi, float const* pv, std::int32_t const* pm
     float* const ov = o.ov + x0;
     std::int32_t* const om = o.om + x0;
     std::int32_t const* const im = o.im != nullptr ? o.im + x0 : nullptr;
+    __m128i validLanes = _mm_setzero_si128(), flagLanes = _mm_setzero_si128();  // per-lane counts
     std::int64_t k = 0;
     for (; k + 4 <= n; k += 4) {
         __m128 const a = _mm_loadu_ps(pi + k), b = _mm_loadu_ps(pv + k);
@@ -308,9 +310,14 @@ std::int64_t directSimd(float const* pi, float const* pv, std::int32_t const* pm
         __m128i m = loadSi(pm + k);
         if (im != nullptr) m = _mm_or_si128(m, loadSi(im + k));
         storeSi(om + k, _mm_or_si128(m, _mm_and_si128(_mm_castps_si128(bad), bb)));
-        nValid += popcount4(_mm_movemask_ps(ok));
-        nflag += popcount4(_mm_movemask_ps(bad));
+        validLanes = _mm_sub_epi32(validLanes, _mm_castps_si128(ok));  // true lanes are -1
+        flagLanes = _mm_sub_epi32(flagLanes, _mm_castps_si128(bad));
     }
+    alignas(16) std::int32_t lanes[4];
+    _mm_store_si128(reinterpret_cast<__m128i*>(lanes), validLanes);
+    nValid += std::int64_t(lanes[0]) + lanes[1] + lanes[2] + lanes[3];
+    _mm_store_si128(reinterpret_cast<__m128i*>(lanes), flagLanes);
+    nflag += std::int64_t(lanes[0]) + lanes[1] + lanes[2] + lanes[3];
     return k;
 }
 
@@ -589,8 +596,7 @@ void directSegment(std::int64_t xs, std::int64_t xe, std::int64_t outMinX, Const
 }
 
 template <typename T>
-void stitchOneRow(std::int64_t y, std::vector<ConstPlanes<T> const*> const& patches,
-                  ImageView<const std::int32_t> const& inputMask, MutablePlanes<T> const& out, ReduceOperation op,
+void stitchOneRow(std::int64_t y, ImageView<const std::int32_t> const& inputMask, MutablePlanes<T> const& out, ReduceOperation op,
                   std::int32_t badBits, bool simd, RowScratch<T>& s, StitchStats& st) {
     std::int64_t const W = out.bbox.width();
     std::int64_t const r = y - out.bbox.minY;
@@ -603,17 +609,12 @@ void stitchOneRow(std::int64_t y, std::vector<ConstPlanes<T> const*> const& patc
                 inputMask.data != nullptr ? inputMask.row(r) : nullptr,
                 inputMask.colStride};
 
-    // the patches covering this row (patch order) and their column ranges as sweep events
-    s.rowPatches.clear();
+    // the band's patches covering this row, as sweep events (sorted by column once per band)
     s.events.clear();
-    for (ConstPlanes<T> const* p : patches) {
-        if (y < p->bbox.minY || y > p->bbox.maxY) continue;
-        auto const k = static_cast<std::int32_t>(s.rowPatches.size());
-        s.rowPatches.push_back(p);
-        s.events.push_back(Event{p->bbox.minX - out.bbox.minX, k, true});
-        s.events.push_back(Event{p->bbox.maxX + 1 - out.bbox.minX, k, false});
+    for (Event const& ev : s.bandEvents) {
+        ConstPlanes<T> const* p = s.rowPatches[static_cast<std::size_t>(ev.k)];
+        if (y >= p->bbox.minY && y <= p->bbox.maxY) s.events.push_back(ev);
     }
-    std::sort(s.events.begin(), s.events.end(), [](Event const& a, Event const& b) { return a.x < b.x; });
 
     // sweep the row: between consecutive event columns the set of covering patches is constant
     SegmentStats seg;
@@ -688,8 +689,18 @@ void RowStitcher<T>::runBand(std::int64_t band) {
     std::int64_t const yb = std::min(ya + kBandRows - 1, _y1);
     auto const& bucket = _buckets[static_cast<std::size_t>(band)];
     auto& stats = _partial[static_cast<std::size_t>(band)];
+    // Sort the band's column events once: rows then only drop the patches that miss them.
+    scratch.rowPatches = bucket;
+    scratch.bandEvents.clear();
+    for (std::size_t i = 0; i < bucket.size(); ++i) {
+        auto const k = static_cast<std::int32_t>(i);
+        scratch.bandEvents.push_back(Event{bucket[i]->bbox.minX - _output.bbox.minX, k, true});
+        scratch.bandEvents.push_back(Event{bucket[i]->bbox.maxX + 1 - _output.bbox.minX, k, false});
+    }
+    std::sort(scratch.bandEvents.begin(), scratch.bandEvents.end(),
+              [](Event const& a, Event const& b) { return a.x < b.x; });
     for (std::int64_t y = ya; y <= yb; ++y) {
-        stitchOneRow<T>(y, bucket, _inputMask, _output, _op, _badBits, _simd, scratch, stats);
+        stitchOneRow<T>(y, _inputMask, _output, _op, _badBits, _simd, scratch, stats);
     }
 }
 
