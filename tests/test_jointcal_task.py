@@ -139,12 +139,15 @@ def test_reference_catalog_without_coordinate_errors(small):
         JointcalTask(config=_config(astrometryReferenceErr=5.0)).run(**_args(small, astrometryRefCat=ref))
 
 
-def test_photometry_is_skipped_with_a_warning(small, caplog):
-    config = JointcalConfig()
-    with caplog.at_level(logging.WARNING, logger="diffcal.jointcal"):
-        res = JointcalTask(config=config).run(**small.runArguments())
-    assert res.outputPhotoCalib == {}
-    assert any("photometric fit is not implemented" in r.getMessage() for r in caplog.records)
+def test_default_config_fits_astrometry_and_photometry(small):
+    res = JointcalTask(config=JointcalConfig()).run(**small.runArguments())
+    assert sorted(res.outputPhotoCalib) == sorted(res.outputWcs)
+    for kind in ("astrometry", "photometry"):
+        for metric in ("matched_fittedStars", "collected_refStars", "prepared_refStars", "prepared_fittedStars",
+                       "prepared_ccdImages", "final_chi2", "final_ndof"):
+            assert f"{kind}_{metric}" in res.job
+    assert res.photometry.model.kind == "constrainedMagnitude"
+    assert 0.5 < res.job["photometry_final_chi2"] / res.job["photometry_final_ndof"] < 1.5
 
 
 def test_inputs_as_mappings_and_metadata(small):

@@ -9,6 +9,7 @@ void bindStatistics(py::module_& m);
 void bindDecorrelation(py::module_& m);
 void bindMapReduce(py::module_& m);
 void bindJointcal(py::module_& m);
+void bindJointcalPhotometry(py::module_& m);
 }  // namespace diffcal::bindings
 
 PYBIND11_MODULE(_core, m) {
@@ -18,4 +19,5 @@ PYBIND11_MODULE(_core, m) {
     diffcal::bindings::bindMapReduce(m);      // before bindDecorrelation: defines the CellMapper base class
     diffcal::bindings::bindDecorrelation(m);
     diffcal::bindings::bindJointcal(m);
+    diffcal::bindings::bindJointcalPhotometry(m);  // adds to _jointcal
 }

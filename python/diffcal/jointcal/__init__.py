@@ -1,4 +1,4 @@
-"""jointcal: joint astrometric (and, later, photometric) calibration of many visits.
+"""jointcal: joint astrometric and photometric calibration of many visits.
 
 Public API (the design's contract): `JointcalTask`, `JointcalConfig`, `simulate`; plus the input data classes
 `VisitSummary`, `Camera`, `DetectorGeometry` and `TanSipWcs`. Submodules (imported lazily):
@@ -10,6 +10,8 @@ Public API (the design's contract): `JointcalTask`, `JointcalConfig`, `simulate`
                 camera) and the simulator's writer
 ``task``        `JointcalTask` (load, associate, fit sequence, outlier rejection loop, outputs)
 ``models``      `AstrometryModel`: evaluation, lossless JSON, TAN-SIP output WCS
+``photometry``  the photometric fit: `PhotometryModel` (four models), association, fit sequence
+``photocalib``  `PhotoCalib` per (visit, detector): constant or Chebyshev field, nJy/AB conversions, FITS
 ``wcs``         `TanSipWcs` (FITS TAN-SIP headers, 0-based pixels), `fitTanSip`, gnomonic projections
 ``simulation``  `simulate` (surveys with known truth) and `SimulatedSurvey.evaluate` (truth comparison)
 ``outputs``     writing a result directory (metrics.json, config, metadata, model, WCS files, plots)
@@ -17,8 +19,7 @@ Public API (the design's contract): `JointcalTask`, `JointcalConfig`, `simulate`
 ``cli``         ``diffcal jointcal`` and ``diffcal simulate survey``
 
 The numerical core (association, models, Jacobians, normal equations, Schur and sparse solvers) is C++ in
-``diffcal._core._jointcal`` (``cpp/include/diffcal/jointcal``). The photometric fit is not implemented yet
-(the data model carries instrumental and calibrated fluxes and magnitudes for it).
+``diffcal._core._jointcal`` (``cpp/include/diffcal/jointcal``, photometry in ``photometry.hpp``).
 """
 
 from __future__ import annotations

@@ -119,8 +119,8 @@ def run_jointcal(args: argparse.Namespace) -> int:
         tables, summaries = readInputDir(args.input_dir, visits=args.visits)
         camera = readCamera(args.camera) if args.camera else None
         refcat = readReferenceCatalog(args.refcat) if args.refcat else None
-        if refcat is None and config.doAstrometry:
-            raise _usageError("--refcat is required for the astrometric fit (or pass -c doAstrometry=False)")
+        if refcat is None and (config.doAstrometry or config.doPhotometry):
+            raise _usageError("--refcat is required for the astrometric and photometric fits")
         print(f"diffcal jointcal: read {len(summaries)} visits from {args.input_dir} in {time.perf_counter() - t0:.2f} s")
         task = JointcalTask(config=config)
         result = task.run(tables, summaries, camera, astrometryRefCat=refcat, photometryRefCat=refcat)
@@ -132,6 +132,10 @@ def run_jointcal(args: argparse.Namespace) -> int:
                    f"{job['astrometry_prepared_fittedStars']} fitted stars")
     else:
         summary = f"{len(summaries)} visits"
+    if "photometry_final_chi2" in job:
+        pchi2 = job["photometry_final_chi2"] / max(job["photometry_final_ndof"], 1)
+        summary += (f", {len(result.outputPhotoCalib)} PhotoCalib, photometry chi2/ndof = {pchi2:.4g} "
+                    f"({result.photometry.model.kind})")
     print(f"diffcal jointcal: OK - {summary}; {len(files)} outputs in {args.output} "
           f"({time.perf_counter() - t0:.1f} s)")
     return 0

@@ -74,8 +74,7 @@ class JointcalConfig(Config):
 
     doAstrometry = Field(dtype=bool, default=True, doc="Fit astrometry and write the fitted WCS?")
     doPhotometry = Field(dtype=bool, default=True,
-                         doc="Fit photometry and write the fitted PhotoCalib? (not implemented yet: skipped "
-                             "with a warning)")
+                         doc="Fit photometry and return the fitted PhotoCalib per (visit, detector)?")
     sourceFluxType = Field(dtype=str, default="apFlux_12_0",
                            doc="Source flux column family used for fitting; the science selector's S/N "
                                "fields and flux flag are derived from it in setDefaults only (as in the "
@@ -144,6 +143,12 @@ class JointcalConfig(Config):
                                                     "parameters, else sparse",
                                             "schur": "eliminate stars, dense reduced model system",
                                             "sparse": "sparse LDL^T of the full system"})
+    photometrySolver = ChoiceField(dtype=str, default="schur", doc="Linear solver of the photometric fit",
+                                   allowed={"schur": "eliminate the 1x1 star blocks, dense reduced model system",
+                                            "sparse": "sparse LDL^T of the full system"})
+    photometryRefCatName = Field(dtype=str, optional=True, default=None,
+                                 doc="Name of the photometric reference catalog, used to look up colour terms "
+                                     "(applyColorTerms); None: the first library entry with the filter")
     schurMaxModelParameters = RangeField(dtype=int, default=20000, min=0,
                                          doc="Largest model size for which 'auto' picks the Schur solver")
     properMotionSignAsReference = Field(
@@ -219,6 +224,9 @@ class JointcalConfig(Config):
         if self.positionErrorPedestal < 0:
             raise FieldValidationError(JointcalConfig.positionErrorPedestal, self,
                                        "positionErrorPedestal must be >= 0")
+        if not self.photometryErrorPedestal >= 0:
+            raise FieldValidationError(JointcalConfig.photometryErrorPedestal, self,
+                                       "photometryErrorPedestal must be >= 0")
         if self.outlierRejectSigma < 0:
             raise FieldValidationError(JointcalConfig.outlierRejectSigma, self, "outlierRejectSigma must be >= 0")
         if self.astrometryReferenceErr is not None and not self.astrometryReferenceErr > 0:

@@ -10,7 +10,11 @@ Files written:
 * ``astrometry_model.json``: the fitted model, lossless (`diffcal.jointcal.models.AstrometryModel.toJson`);
 * ``wcs/wcs-<visit>-<detector>.fits``: one header-only FITS file per (visit, detector) with the fitted TAN-SIP
   WCS (1-based CRPIX, FITS convention; read with ``astropy.wcs.WCS(header)``);
-* with ``plots=True`` (needs matplotlib): ``chi2_steps.png`` and ``residuals-<visit>.png`` whisker maps.
+* ``photoCalib/photoCalib-<visit>-<detector>.fits``: the fitted `PhotoCalib` per (visit, detector)
+  (`diffcal.jointcal.photocalib.PhotoCalib.readFits`);
+* with ``plots=True`` (needs matplotlib): ``chi2_steps.png`` and ``residuals-<visit>.png`` whisker maps;
+  for photometry ``photometry_chi2_steps.png``, ``photometry_residuals.png`` (residual vs magnitude) and
+  ``photometry_field-<visit>.png`` (per-visit calibration maps over the focal plane).
 
 Files are written to a temporary name and renamed, so an interrupted run leaves no half-written file under a
 final name.
@@ -66,6 +70,11 @@ def writeOutputs(result: Any, config: Any, metadata: Any, outdir: Any, *, plots:
     if result.astrometry is not None:
         metrics["chi2_history"] = [[label, chi2, ndof] for label, chi2, ndof in result.astrometry.chi2History]
         metrics["astrometry_outliers"] = list(getattr(result.astrometry, "outliers", (0, 0)))
+    photometry = getattr(result, "photometry", None)
+    if photometry is not None:
+        metrics["photometry_chi2_history"] = [[label, chi2, ndof] for label, chi2, ndof in photometry.chi2History]
+        metrics["photometry_outliers"] = list(photometry.outliers)
+        metrics["photometry_rejected_bad_fluxes"] = list(photometry.rejectedBadFluxes)
     path = out / "metrics.json"
     _atomicWrite(path, (json.dumps(metrics, indent=2) + "\n").encode())
     files["metrics"] = path
@@ -96,9 +105,23 @@ def writeOutputs(result: Any, config: Any, metadata: Any, outdir: Any, *, plots:
         os.replace(tmp, path)
         wcsFiles.append(path)
     files["wcs"] = wcsFiles
+    calibFiles = []
+    if getattr(result, "outputPhotoCalib", None):
+        (out / "photoCalib").mkdir(parents=True, exist_ok=True)
+        for (visit, detector), pc in sorted(result.outputPhotoCalib.items()):
+            path = out / "photoCalib" / f"photoCalib-{visit}-{detector}.fits"
+            pc.writeFits(path)
+            calibFiles.append(path)
+        files["photoCalib"] = calibFiles
     if plots and result.astrometry is not None:
         from .plots import plotChi2History, plotResidualWhiskers
 
         files["chi2_plot"] = plotChi2History(result.astrometry.chi2History, out / "chi2_steps.png")
         files["residual_plots"] = plotResidualWhiskers(result.astrometry, out)
+    if plots and photometry is not None:
+        from .plots import plotChi2History, plotPhotometricFields, plotPhotometricResiduals
+
+        files["photometry_chi2_plot"] = plotChi2History(photometry.chi2History, out / "photometry_chi2_steps.png")
+        files["photometry_residual_plot"] = plotPhotometricResiduals(photometry, out / "photometry_residuals.png")
+        files["photometry_field_plots"] = plotPhotometricFields(photometry, result.outputPhotoCalib, out)
     return files

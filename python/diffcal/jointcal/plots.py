@@ -1,8 +1,11 @@
-"""Diagnostic plots of an astrometric fit (matplotlib, an optional dependency: ``pip install 'diffcal[plots]'``).
+"""Diagnostic plots of the astrometric and photometric fits (matplotlib, an optional dependency: ``pip install 'diffcal[plots]'``).
 
 * `plotChi2History`: chi2/ndof after every fit step (log scale).
 * `plotResidualWhiskers`: per visit, the residual vectors (visit tangent plane minus model, in mas, greatly
   magnified) of the valid measurements at their focal-plane (or tangent-plane) positions, outliers in red.
+* `plotPhotometricResiduals`: photometric residual (measurement minus fitted star, mmag) against magnitude.
+* `plotPhotometricFields`: per visit, the fitted calibration (zero point, mag, relative to the visit median) of
+  every detector over the focal plane (or over pixel positions when there is no camera geometry).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["plotChi2History", "plotResidualWhiskers"]
+__all__ = ["plotChi2History", "plotResidualWhiskers", "plotPhotometricResiduals", "plotPhotometricFields"]
 
 
 def _pyplot() -> Any:
@@ -103,3 +106,78 @@ def plotResidualWhiskers(state: Any, outdir: Any, *, maxVisits: int = 6, scale: 
         plt.close(fig)
         out.append(path)
     return out
+
+
+def plotPhotometricResiduals(photometry: Any, path: Any) -> Path:
+    """Residual (calibrated measurement minus fitted star, mmag) of every valid measurement against the fitted
+    star's AB magnitude; rejected measurements in red. Returns the path."""
+    plt = _pyplot()
+    m = photometry.associations.measured_arrays()
+    f = photometry.associations.fitted_arrays()
+    model = photometry.model
+    ok = (m["in_fit"] == 1) & (m["fitted"] >= 0)
+    idx = np.flatnonzero(ok)
+    res = np.full(idx.size, np.nan)
+    for i in np.unique(m["ccd"][idx]):
+        sel = idx[m["ccd"][idx] == i]
+        cal = model.native.calibration(int(i), m["x"][sel], m["y"][sel])
+        calMag = -2.5 * np.log10(m["inst_flux"][sel] * cal / 3631e9)
+        res[np.searchsorted(idx, sel)] = (calMag - f["mag"][m["fitted"][sel]]) * 1e3
+    starMag = f["mag"][m["fitted"][idx]]
+    valid = m["valid"][idx] == 1
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.plot(starMag[valid], res[valid], ",", color="k", alpha=0.5, label="valid")
+    ax.plot(starMag[~valid], res[~valid], ".", color="r", ms=3, label="rejected")
+    ax.axhline(0.0, color="grey", lw=0.8)
+    ax.set_xlabel("fitted star magnitude (AB)")
+    ax.set_ylabel("measurement - fitted star (mmag)")
+    ax.set_title(f"photometry residuals ({model.kind})")
+    lim = np.nanpercentile(np.abs(res[valid]), 99.5) * 1.5 if valid.any() else 1.0
+    ax.set_ylim(-lim, lim)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plotPhotometricFields(photometry: Any, photoCalibs: Any, outdir: Any, *, nGrid: int = 24) -> list[Path]:
+    """One PNG per visit, ``photometry_field-<visit>.png``: the zero point -2.5 log10(calibration) (mmag,
+    relative to the visit median) of each detector on an nGrid x nGrid pixel grid, drawn at its focal-plane
+    position (mm). Returns the paths."""
+    plt = _pyplot()
+    model = photometry.model
+    byVisit: dict[int, list] = {}
+    for (visit, det), pc in sorted(photoCalibs.items()):
+        byVisit.setdefault(visit, []).append((det, pc))
+    paths = []
+    for visit, items in byVisit.items():
+        fig, ax = plt.subplots(figsize=(6, 5.5))
+        tiles = []
+        for det, pc in items:
+            i = model.ccdIndex((visit, det))
+            x0, y0, x1, y1 = model.bboxes[i]
+            gx, gy = np.meshgrid(np.linspace(x0, x1, nGrid), np.linspace(y0, y1, nGrid))
+            zp = -2.5e3 * np.log10(pc.getCalibration(gx.ravel(), gy.ravel()).reshape(gx.shape))
+            p = model.pixToFocal[i]
+            if np.all(np.isfinite(p)):
+                fx, fy = p[0] * gx + p[1] * gy + p[4], p[2] * gx + p[3] * gy + p[5]
+            else:
+                fx, fy = gx, gy
+            tiles.append((fx, fy, zp))
+        med = np.median(np.concatenate([t[2].ravel() for t in tiles]))
+        vmax = max(np.max(np.abs(t[2] - med)) for t in tiles) or 1.0
+        for fx, fy, zp in tiles:
+            mesh = ax.pcolormesh(fx, fy, zp - med, shading="auto", cmap="RdBu_r", vmin=-vmax, vmax=vmax)
+        fig.colorbar(mesh, ax=ax, label="zero point - median (mmag)")
+        ax.set_aspect("equal")
+        ax.set_xlabel("focal plane x (mm)")
+        ax.set_ylabel("focal plane y (mm)")
+        ax.set_title(f"visit {visit}: fitted calibration ({model.kind})")
+        fig.tight_layout()
+        path = Path(outdir) / f"photometry_field-{visit}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        paths.append(path)
+    return paths

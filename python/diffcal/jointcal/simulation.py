@@ -67,6 +67,7 @@ class _VisitTruth:
     zeroPoint: float  # instrumental AB zero point (mag of 1 count)
     seeingPx: float
     e2: float
+    photoField: np.ndarray | None = None  # (5,) mag: coefficients of u, v, u^2, uv, v^2 (u, v = focal mm / scale)
 
 
 @dataclass
@@ -98,6 +99,27 @@ class SurveyTruth:
     plateScale: float  # deg/mm
     radialK: float  # mm^-2
     visits: dict[int, _VisitTruth] = field(default_factory=dict)
+    chipZeroPoint: dict[int, float] = field(default_factory=dict)  # mag, added to the visit zero point
+    photoFieldScale: float = 1.0  # mm: focal-plane radius normalizing the photometric field
+
+    def photometricField(self, visit: int, fx: Any, fy: Any) -> np.ndarray:
+        """Per-visit zero-point field (mag, added to the zero point) at focal-plane positions (mm)."""
+        fx = np.asarray(fx, float)
+        c = self.visits[visit].photoField
+        if c is None:
+            return np.zeros_like(fx)
+        u = fx / self.photoFieldScale
+        v = np.asarray(fy, float) / self.photoFieldScale
+        return c[0] * u + c[1] * v + c[2] * u * u + c[3] * u * v + c[4] * v * v
+
+    def zeroPoint(self, visit: int, detector: int, x: Any, y: Any) -> np.ndarray:
+        """True AB zero point (magnitude of one count) at pixel positions of one detector of one visit."""
+        fx, fy = self.camera[detector].pixelToFocal(np.asarray(x, float), np.asarray(y, float))
+        return self.visits[visit].zeroPoint + self.chipZeroPoint.get(detector, 0.0) + self.photometricField(visit, fx, fy)
+
+    def calibration(self, visit: int, detector: int, x: Any, y: Any) -> np.ndarray:
+        """True calibration (nJy per count) at pixel positions; the reference fluxes are 10**(-0.4 (m - 31.4))."""
+        return 10.0 ** (0.4 * (31.4 - self.zeroPoint(visit, detector, x, y)))
 
     def starPositions(self, epoch: float) -> tuple[np.ndarray, np.ndarray]:
         """Star positions (degrees) at a Julian epoch."""
@@ -351,7 +373,8 @@ def simulate(nVisits: int = 8, nDetectors: int = 8, nStars: int = 2000, seed: in
              outlierRangeArcsec: tuple[float, float] = (0.3, 1.0), wcsErrorArcsec: float = 0.2,
              wcsRotationArcsec: float = 0.2, minSeparationArcsec: float = 6.0, band: str = "r",
              physicalFilter: str = "r.sim",
-             sourceFluxType: str = "apFlux_12_0") -> SimulatedSurvey:
+             sourceFluxType: str = "apFlux_12_0", photometricFieldMmag: float = 0.0,
+             refFluxErrFraction: float = 0.01) -> SimulatedSurvey:
     """Simulate a survey with known truth (see the module docstring for the model).
 
     Parameters
@@ -398,6 +421,12 @@ def simulate(nVisits: int = 8, nDetectors: int = 8, nStars: int = 2000, seed: in
         association and excluded by the isolation cut of real pipelines), so ``nStars`` is an upper bound.
     band, physicalFilter, sourceFluxType : `str`
         Filter labels and the flux column family written.
+    photometricFieldMmag : `float`
+        rms (mmag) of the coefficients of a smooth per-visit zero-point field, quadratic in the focal-plane
+        position normalized by the focal-plane radius (``SurveyTruth.photometricField``); drawn from a separate
+        random stream, so 0 (the default) leaves every other output unchanged.
+    refFluxErrFraction : `float`
+        Relative error of the reference fluxes (noise and reported ``<band>_fluxErr``).
 
     Returns
     -------
@@ -470,6 +499,12 @@ def simulate(nVisits: int = 8, nDetectors: int = 8, nStars: int = 2000, seed: in
     truth.mag = mag
     # detector zero-point offsets
     chipZp = {d.id: rng.normal(0, zeroPointScatter) for d in nominal}
+    truth.chipZeroPoint = dict(chipZp)
+    truth.photoFieldScale = rmax
+    if photometricFieldMmag > 0:
+        frng = np.random.default_rng([seed, 1])
+        for vid in visitIds:
+            truth.visits[vid].photoField = frng.normal(0, photometricFieldMmag * 1e-3, 5)
     calibNominal = 10.0 ** ((31.4 - zeroPoint) / 2.5)  # nJy per count for the nominal zero point
     fluxCol = f"{sourceFluxType}_instFlux"
     tables: dict[int, Any] = {}
@@ -513,6 +548,8 @@ def simulate(nVisits: int = 8, nDetectors: int = 8, nStars: int = 2000, seed: in
             bboxes.append(d.bbox)
             # photometry
             zp = v.zeroPoint + chipZp[d.id]
+            if v.photoField is not None:
+                zp = zp + truth.photometricField(vid, fx[inside], fy[inside])
             counts = 10.0 ** (-0.4 * (mag[idx] - zp))
             s = v.seeingPx
             ferr = np.sqrt(counts + 4.0 * math.pi * s * s * skyNoise**2)
@@ -571,7 +608,7 @@ def simulate(nVisits: int = 8, nDetectors: int = 8, nStars: int = 2000, seed: in
     rra = sra[ridx] + rng.normal(0, refErrMas, nr) * _MAS / cosd
     rdec = sdec[ridx] + rng.normal(0, refErrMas, nr) * _MAS
     refFlux = 10.0 ** (-0.4 * (mag[ridx] - 31.4))
-    refFluxErr = 0.01 * refFlux
+    refFluxErr = refFluxErrFraction * refFlux
     refMeasFlux = refFlux + refFluxErr * rng.normal(size=nr)
     refCat = Table({
         "id": ridx.astype(np.int64),

@@ -1,11 +1,13 @@
-"""`JointcalTask`: joint astrometric calibration of many visits (photometry: a later issue).
+"""`JointcalTask`: joint astrometric and photometric calibration of many visits.
 
 Run sequence (spec section 2): load and select sources per visit and detector -> sky preparation (common
 tangent point, bounding circle, fit epoch) -> for the astrometric fit: association (measured -> fitted stars),
 reference catalog (selection, epoch propagation, errors) and matching, ``prepareFittedStars``, model
 construction, the fit sequence (``DistortionsVisit`` [constrained], ``Distortions``, ``Positions``,
 ``Distortions Positions``, then ``_iterate_fit`` with outlier rejection) and the output WCS per
-(visit, detector). Progress is logged as ``<step> chi2/ndof : <chi2>/<ndof>=<ratio>`` like the reference.
+(visit, detector); then the photometric fit (`diffcal.jointcal.photometry`: a fresh association, photometric
+reference fluxes, the photometric model, its fit sequence and one `PhotoCalib` per (visit, detector)).
+Progress is logged as ``<step> chi2/ndof : <chi2>/<ndof>=<ratio>`` like the reference.
 
 Deliberate differences from the reference ``lsst.jointcal.JointcalTask``:
 
@@ -18,7 +20,8 @@ Deliberate differences from the reference ``lsst.jointcal.JointcalTask``:
   warns when no reference star matched.
 * The star-count check (``minMeasuredStarsPerCcd``/``minRefStarsPerCcd``) runs once per fit, after the
   model is built, with one summary warning (naming the CcdImages) instead of one line per CcdImage.
-* The photometric fit is not implemented yet: with ``doPhotometry`` it is skipped with a warning.
+* Photometry: sources and reference stars with non-finite or non-positive fluxes or flux errors are dropped
+  (and counted) before association; ``PhotoCalib`` objects are `diffcal.jointcal.photocalib.PhotoCalib`.
 """
 
 from __future__ import annotations
@@ -106,7 +109,7 @@ class JointcalTask(Task):
             inputVisitSummary: Sequence[VisitSummary] | Mapping[int, VisitSummary],
             inputCamera: Camera | None = None, *, astrometryRefCat: Any = None, photometryRefCat: Any = None,
             tract: int = 0) -> Struct:
-        """Fit the astrometry (and, later, the photometry) of a set of visits.
+        """Fit the astrometry and/or the photometry of a set of visits.
 
         Parameters
         ----------
@@ -126,11 +129,14 @@ class JointcalTask(Task):
         result : `diffcal.pipe.Struct`
             ``outputWcs``: dict ``(visit, detector) -> TanSipWcs``; ``wcsAccuracy``: dict of the TAN-SIP
             approximation errors (an order-0 mapping gets the input WCS's local CD matrix moved to the fitted
-            position, flagged ``constant_mapping``); ``outputPhotoCalib``: ``{}`` (photometry not implemented);
-            ``job``: metrics dict (``astrometry_matched_fittedStars``, ..., ``astrometry_final_chi2``,
-            ``astrometry_final_ndof``); ``astrometry``: a Struct with the ``model`` (`AstrometryModel`),
-            ``associations``, ``fitter``, ``chi2History`` (list of (label, chi2, ndof)), ``finalChi2`` and
-            ``outliers`` (measurement and reference outliers rejected).
+            position, flagged ``constant_mapping``); ``outputPhotoCalib``: dict ``(visit, detector) ->
+            PhotoCalib`` (CcdImages with data, sorted); ``job``: metrics dict (``astrometry_matched_fittedStars``,
+            ..., ``astrometry_final_chi2``, ``astrometry_final_ndof`` and the same ``photometry_*``);
+            ``astrometry``: a Struct with the ``model`` (`AstrometryModel`), ``associations``, ``fitter``,
+            ``chi2History`` (list of (label, chi2, ndof)), ``finalChi2`` and ``outliers`` (measurement and
+            reference outliers rejected); ``photometry``: the same for the photometric fit (``model`` is a
+            `diffcal.jointcal.photometry.PhotometryModel`) plus ``rejectedBadFluxes`` (sources, reference
+            stars dropped for non-finite or non-positive fluxes/errors), or None.
 
         Raises
         ------
@@ -151,7 +157,8 @@ class JointcalTask(Task):
         self._lastData = data
         self._prepSky(data)
         self._endProfile(profile)
-        result = Struct(outputWcs={}, wcsAccuracy={}, outputPhotoCalib={}, job=self.job, astrometry=None)
+        result = Struct(outputWcs={}, wcsAccuracy={}, outputPhotoCalib={}, job=self.job, astrometry=None,
+                        photometry=None)
         if self.config.doAstrometry:
             if astrometryRefCat is None:
                 raise ValueError("doAstrometry is set but no astrometryRefCat was given")
@@ -161,8 +168,15 @@ class JointcalTask(Task):
             result.astrometry = astrometry
             result.outputWcs, result.wcsAccuracy = self._makeOutputWcs(astrometry.model)
         if self.config.doPhotometry:
-            self.log.warning("The photometric fit is not implemented yet (diffcal issue: jointcal part 2); "
-                             "doPhotometry is ignored and no PhotoCalib is produced")
+            if photometryRefCat is None:
+                raise ValueError("doPhotometry is set but no photometryRefCat was given")
+            from .photometry import fitPhotometry
+
+            profile = self._profile("photometry")
+            photometry = fitPhotometry(self, data, photometryRefCat)
+            self._endProfile(profile)
+            result.photometry = photometry
+            result.outputPhotoCalib = photometry.photoCalib
         for key, value in self.job.items():
             self.metadata[key] = value
         return result
@@ -623,8 +637,10 @@ class JointcalTask(Task):
         if not np.isfinite(stat.chi2):
             raise FloatingPointError(f"{label} chi2 is not finite: {stat.chi2}")
         if not state.model.native.validate(stat.ndof):
-            raise ValueError(f"Model is not valid after {label}: ndof={stat.ndof} < 0 (too many parameters for the "
-                             "number of measurements)")
+            why = state.model.native.validation_error(stat.ndof) if hasattr(state.model.native,
+                                                                            "validation_error") else ""
+            raise ValueError(f"Model is not valid after {label}: " + (why or f"ndof={stat.ndof} < 0 (too many "
+                             "parameters for the number of measurements)"))
         return stat
 
     def _writeChi2Files(self, state: Struct, base: str) -> None:
