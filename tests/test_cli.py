@@ -171,6 +171,20 @@ def test_demo_metrics(demo_run) -> None:
     assert (output / "mapreduce_grid.png").is_file() == HAVE_MATPLOTLIB
     assert metrics["files"]["metrics"] == "metrics.json"
 
+    jc = metrics["jointcal"]
+    assert jc["measurements"] > 10000
+    assert abs(jc["astrometry_chi2_per_ndof"] - 1.0) < 0.1
+    assert jc["star_rms_mas"] < 1.5 * jc["star_expected_rms_mas"]
+    assert jc["mapping_rms_mas"] < 1.5 * jc["mapping_expected_rms_mas"]
+    assert jc["outliers_rejected"] >= 0.9 * jc["outliers_injected"] > 0
+    assert 0.8 < jc["photometry_chi2_per_ndof"] < 1.05
+    assert jc["calibration_rms_mmag"] < 1.5
+    assert jc["metrics"]["astrometry_prepared_ccdImages"] == jc["metrics"]["photometry_prepared_ccdImages"] == 24
+    assert (output / "jointcal" / "metrics.json").is_file()
+    assert len(list((output / "jointcal" / "wcs").glob("wcs-*.fits"))) == 24
+    assert len(list((output / "jointcal" / "photoCalib").glob("photoCalib-*.fits"))) == 24
+    assert (output / "jointcal" / "photometry_residuals.png").is_file() == HAVE_MATPLOTLIB
+
 
 def test_demo_exposure_file_matches_metrics(demo_run) -> None:
     """exposure.fits holds what the report says: planes, truth features, and the same statistics."""

@@ -9,5 +9,6 @@ from ._framework import DEMO_STEPS, DemoContext, DemoOptions, DemoReport, DemoSt
 from . import foundation  # noqa: E402,F401  (registers its steps)
 from . import mapreduce  # noqa: E402,F401  (registers its steps)
 from . import decorrelation  # noqa: E402,F401  (registers its steps)
+from . import jointcal  # noqa: E402,F401  (registers its steps)
 
 __all__ = ["DEMO_STEPS", "DemoContext", "DemoOptions", "DemoReport", "DemoStep", "demo_step", "run_demo"]
