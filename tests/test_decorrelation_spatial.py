@@ -137,6 +137,27 @@ def test_native_equals_python_path(pair):
     np.testing.assert_array_equal(a.mask, b.mask)
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_output_mask_is_a_copy_of_the_input_mask(pair, native):
+    """The reference puts the diffim's mask over the stitched one: NaN pixels and uncovered cells are
+    not flagged, the plane dictionary is the diffim's, and the input is not shared or modified."""
+    sci, tmpl, diffim, kernel = pair
+    diffim = diffim.clone()
+    diffim.image[5:9, 30:34] = np.nan
+    diffim.maskedImage.mask.array[40:50, 60:70] |= diffim.maskedImage.mask.getPlaneBitMask("SAT")
+    before = diffim.mask.copy()
+    out = DecorrelateALKernelSpatialTask(config=manyCellsConfig(cell=40, border=20, native=native)).run(
+        sci, tmpl, diffim, kernel).correctedExposure
+    np.testing.assert_array_equal(out.mask, before)
+    np.testing.assert_array_equal(diffim.mask, before)
+    assert not np.shares_memory(out.mask, diffim.mask)
+    planes, inputPlanes = out.maskedImage.mask.getMaskPlaneDict(), diffim.maskedImage.mask.getMaskPlaneDict()
+    assert {k: planes[k] for k in inputPlanes} == inputPlanes
+    if native:  # the Python path's clone also carries the reducer's INVALID_MAPREDUCE plane
+        assert planes == inputPlanes
+    assert np.isnan(out.image[5:9, 30:34]).all()
+
+
 def test_thread_count_independence(pair):
     sci, tmpl, diffim, kernel = pair
     before = _core.get_num_threads()

@@ -696,10 +696,13 @@ class DecorrelateALKernelSpatialTask(Task):
             mrTask = ImageMapReduceTask(config=self.config.decorrelateMapReduceConfig)
             results = mrTask.run(subtractedExposure, science=scienceExposure, template=templateExposure,
                                  psfMatchingKernel=psfMatchingKernel, preConvKernel=preConvKernel,
-                                 forceEvenSized=True, templateMatched=templateMatched, preConvMode=preConvMode)
+                                 forceEvenSized=True, templateMatched=templateMatched, preConvMode=preConvMode,
+                                 keepInputMask=True)
             corrected = results.exposure
-            # the reference overwrites the stitched mask with the input diffim mask
-            corrected.maskedImage.mask = subtractedExposure.maskedImage.mask.clone()
+            # the reference overwrites the stitched mask with the input diffim mask; the native
+            # path writes that mask directly (the cells pass the diffim mask through)
+            if not getattr(results, "maskFromInput", False):
+                corrected.maskedImage.mask = subtractedExposure.maskedImage.mask.clone()
             native = getattr(mrTask.mapper, "lastNativeMapper", None)
             self.metadata["nCells"] = int(mrTask.metadata["nCells"])
             self.metadata["native"] = native is not None

@@ -396,7 +396,7 @@ class ImageReducer(Task):
 
     @timeMethod
     def runNative(self, cellMapper: "_core.CellMapper", exposure: Exposure, inner: np.ndarray,
-                  expanded: np.ndarray, **kwargs: Any) -> Struct:
+                  expanded: np.ndarray, keepInputMask: bool = False, **kwargs: Any) -> Struct:
         """Map natively and stitch in one parallel C++ pass (``copy``, ``sum``, ``average`` only).
 
         Equivalent to :meth:`run` on the results of running ``cellMapper`` on every cell (each
@@ -412,6 +412,13 @@ class ImageReducer(Task):
         inner, expanded : numpy.ndarray
             int64 arrays of shape (N, 4), ``(minX, minY, maxX, maxY)`` of the cells' inner and
             expanded boxes.
+        keepInputMask : bool
+            Write the input's mask (and its plane dictionary) as the output mask: no bad-plane
+            flags for invalid or uncovered pixels. The cells' masks are still OR-ed in, so this is
+            exact for mappers that pass their input mask through (the decorrelation mapper does);
+            it saves the spatial decorrelation a separate copy of the input mask, which the
+            reference puts over the stitched one. The returned Struct then has
+            ``maskFromInput=True``.
         **kwargs
             Ignored.
         """
@@ -419,7 +426,13 @@ class ImageReducer(Task):
         if op not in _STITCH_OPERATIONS:
             raise ValueError(f"runNative stitches an image: reduceOperation must be copy, sum or average, got {op!r}")
         img, inMask, var = _planes(exposure)
-        outMask, badBits = self._outputMask(exposure, ())
+        if keepInputMask:
+            src = exposure.maskedImage.mask
+            outMask = Mask(np.empty(exposure.shape, dtype=np.int32), xy0=exposure.getXY0(),
+                           planes=src.getMaskPlaneDict())
+            badBits = 0
+        else:
+            outMask, badBits = self._outputMask(exposure, ())
         outImage = np.empty(exposure.shape, dtype=img.dtype)
         outVariance = np.empty(exposure.shape, dtype=img.dtype)
         stats = _core.map_and_stitch(cellMapper, img, inMask, var, _bboxTuple(exposure.getBBox()), inner, expanded,
@@ -432,7 +445,10 @@ class ImageReducer(Task):
         else:
             psf = GridPsf([srcPsf] * len(inner), inner)
         self._recordStats(op, stats)
-        return Struct(exposure=self._outputExposure(exposure, outImage, outMask, outVariance, psf))
+        result = Struct(exposure=self._outputExposure(exposure, outImage, outMask, outVariance, psf))
+        if keepInputMask:
+            result.maskFromInput = True
+        return result
 
     # --- pieces ---
     @staticmethod
