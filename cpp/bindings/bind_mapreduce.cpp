@@ -73,12 +73,12 @@ void requireFloat(py::array const& a, char const* name) {
     }
 }
 
-template <typename T>
+template <typename T, typename Name>
 ConstPlanes<T> constPlanes(IntBox const& bbox, py::array const& image, py::array const& mask, py::array const& variance,
-                           std::string const& what) {
-    return ConstPlanes<T>{bbox, viewOf<const T>(image, (what + " image").c_str()),
-                          viewOf<const std::int32_t>(mask, (what + " mask").c_str()),
-                          viewOf<const T>(variance, (what + " variance").c_str())};
+                           Name const& what) {
+    return ConstPlanes<T>{bbox, viewOf<const T>(image, [&] { return argName(what) + " image"; }),
+                          viewOf<const std::int32_t>(mask, [&] { return argName(what) + " mask"; }),
+                          viewOf<const T>(variance, [&] { return argName(what) + " variance"; })};
 }
 
 template <typename T>
@@ -114,7 +114,7 @@ py::dict stitchT(py::list const& images, py::list const& masks, py::list const& 
     std::vector<ConstPlanes<T>> patches;
     patches.reserve(n);
     for (std::size_t i = 0; i < n; ++i) {
-        std::string const what = "mapper result " + std::to_string(i);
+        auto const what = [i] { return "mapper result " + std::to_string(i); };  // built only for errors
         patches.push_back(constPlanes<T>(bx[i], images[i].cast<py::array>(), masks[i].cast<py::array>(),
                                          variances[i].cast<py::array>(), what));
     }

@@ -8,6 +8,8 @@
 #include <pybind11/pybind11.h>
 
 #include <string>
+#include <type_traits>
+#include <utility>
 
 #include "diffcal/image_view.hpp"
 
@@ -18,23 +20,40 @@ namespace py = pybind11;
 /// Human-readable dtype name of an array, for error messages.
 inline std::string dtypeName(py::array const& a) { return py::str(a.dtype()).cast<std::string>(); }
 
-/// View a 1-D or 2-D numpy array of exactly dtype T (1-D arrays become one row).
+/// The name of an argument for an error message: a string, or a callable building one (so hot
+/// loops over thousands of arrays build names only when something is wrong).
+inline std::string argName(char const* name) { return name; }
+inline std::string argName(std::string const& name) { return name; }
+template <typename F, typename = decltype(std::declval<F const&>()())>
+std::string argName(F const& make) {
+    return make();
+}
+
+/// The numpy dtype of T, looked up once (a leaked reference: it must outlive interpreter shutdown).
 template <typename T>
-ImageView<T> viewOf(py::array const& a, char const* name, bool writable = false) {
-    if (!py::dtype::of<std::remove_const_t<T>>().is(a.dtype())) {
-        throw py::type_error(std::string(name) + ": expected dtype " +
-                             py::str(py::dtype::of<std::remove_const_t<T>>()).cast<std::string>() + ", got " +
-                             dtypeName(a));
+PyObject* dtypeOf() {
+    static PyObject* const dt = py::dtype::of<T>().release().ptr();
+    return dt;
+}
+
+/// View a 1-D or 2-D numpy array of exactly dtype T (1-D arrays become one row).
+template <typename T, typename Name>
+ImageView<T> viewOf(py::array const& a, Name const& name, bool writable = false) {
+    using V = std::remove_const_t<T>;
+    py::dtype const dt = a.dtype();
+    if (dt.ptr() != dtypeOf<V>() && !py::reinterpret_borrow<py::dtype>(dtypeOf<V>()).equal(dt)) {
+        throw py::type_error(argName(name) + ": expected dtype " + py::str(py::dtype::of<V>()).cast<std::string>() +
+                             ", got " + dtypeName(a));
     }
     if (a.ndim() != 1 && a.ndim() != 2) {
-        throw py::value_error(std::string(name) + ": expected a 1-D or 2-D array, got " + std::to_string(a.ndim()) +
+        throw py::value_error(argName(name) + ": expected a 1-D or 2-D array, got " + std::to_string(a.ndim()) +
                               " dimensions");
     }
-    if (writable && !a.writeable()) throw py::value_error(std::string(name) + ": array is read-only");
+    if (writable && !a.writeable()) throw py::value_error(argName(name) + ": array is read-only");
     auto const itemsize = static_cast<py::ssize_t>(sizeof(T));
     for (py::ssize_t d = 0; d < a.ndim(); ++d) {
         if (a.strides(d) % itemsize != 0) {
-            throw py::value_error(std::string(name) + ": strides are not a multiple of the item size");
+            throw py::value_error(argName(name) + ": strides are not a multiple of the item size");
         }
     }
     auto* data = static_cast<T*>(const_cast<void*>(a.data()));

@@ -741,12 +741,15 @@ StitchStats stitch(std::vector<ConstPlanes<T>> const& patches, ImageView<const s
     ptrs.reserve(patches.size());
     for (std::size_t i = 0; i < patches.size(); ++i) {
         ConstPlanes<T> const& p = patches[i];
-        std::string const what = "mapper result " + std::to_string(i);
-        if (!output.bbox.contains(p.bbox)) {
-            throw std::invalid_argument(what + ": its box " + p.bbox.str() + " is not inside the exposure bbox " +
-                                        output.bbox.str());
+        auto const fits = [&](auto const& v) { return v.height == p.bbox.height() && v.width == p.bbox.width(); };
+        if (!output.bbox.contains(p.bbox) || !fits(p.image) || !fits(p.mask) || !fits(p.variance)) {
+            std::string const what = "mapper result " + std::to_string(i);  // (only for the message)
+            if (!output.bbox.contains(p.bbox)) {
+                throw std::invalid_argument(what + ": its box " + p.bbox.str() + " is not inside the exposure bbox " +
+                                            output.bbox.str());
+            }
+            p.validate(what);
         }
-        p.validate(what);
         ptrs.push_back(&p);
     }
     StitchStats st = detail::stitchRows<T>(output.bbox.minY, output.bbox.maxY, ptrs, inputMask, output, op, badBits);
