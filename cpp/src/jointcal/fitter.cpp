@@ -191,35 +191,6 @@ Eigen::VectorXd outlierGradient(Problem& pb, View const& v, OutlierSet const& o)
     return g;
 }
 
-void markOutliers(Problem& pb, OutlierSet const& o) {
-    auto& meas = pb.assoc.measured();
-    auto& fs = pb.assoc.fitted();
-    auto& refs = pb.assoc.refs();
-    for (std::int64_t k : o.meas) {
-        meas.valid[std::size_t(k)] = 0;
-        fs.nMeasurements[std::size_t(meas.fitted[std::size_t(k)])]--;
-    }
-    for (int f : o.refStars) {
-        int const r = fs.ref[std::size_t(f)];
-        if (r >= 0) refs.fitted[std::size_t(r)] = -1;
-        fs.ref[std::size_t(f)] = -1;
-    }
-}
-
-std::size_t removeDeadStars(Problem& pb) {
-    auto& fs = pb.assoc.fitted();
-    auto& refs = pb.assoc.refs();
-    std::size_t n = 0;
-    for (std::size_t f = 0; f < fs.size(); ++f) {
-        if (!fs.alive[f] || fs.nMeasurements[f] > 0) continue;
-        fs.alive[f] = 0;
-        if (fs.ref[f] >= 0) refs.fitted[std::size_t(fs.ref[f])] = -1;
-        fs.ref[f] = -1;
-        ++n;
-    }
-    return n;
-}
-
 /// Brent minimisation of chi2(state0 + s * delta) over s in [-1, 2] (26 bits of precision).
 double lineSearch(Problem& pb, Eigen::VectorXd const& delta) {
     detail::State const s0 = pb.snapshot();
@@ -230,56 +201,7 @@ double lineSearch(Problem& pb, Eigen::VectorXd const& delta) {
         double const c = pb.chi2(pb.current(sv)).chi2;
         return std::isfinite(c) ? c : std::numeric_limits<double>::max();
     };
-    double const gold = 0.3819660112501051, tol = std::ldexp(1.0, -26);
-    double a = -1.0, b = 2.0, x = a + gold * (b - a), w = x, vv = x;
-    double fx = f(x), fw = fx, fv = fx, d = 0.0, e = 0.0;
-    for (int it = 0; it < 100; ++it) {
-        double const xm = 0.5 * (a + b), tol1 = tol * std::abs(x) + 1e-10, tol2 = 2 * tol1;
-        if (std::abs(x - xm) <= tol2 - 0.5 * (b - a)) break;
-        bool golden = true;
-        if (std::abs(e) > tol1) {
-            double r = (x - w) * (fx - fv), q = (x - vv) * (fx - fw), p = (x - vv) * q - (x - w) * r;
-            q = 2 * (q - r);
-            if (q > 0) p = -p;
-            q = std::abs(q);
-            double const etemp = e;
-            e = d;
-            if (!(std::abs(p) >= std::abs(0.5 * q * etemp) || p <= q * (a - x) || p >= q * (b - x))) {
-                d = p / q;
-                double const u = x + d;
-                if (u - a < tol2 || b - u < tol2) d = xm >= x ? tol1 : -tol1;
-                golden = false;
-            }
-        }
-        if (golden) {
-            e = (x >= xm) ? a - x : b - x;
-            d = gold * e;
-        }
-        double const u = std::abs(d) >= tol1 ? x + d : x + (d > 0 ? tol1 : -tol1);
-        double const fu = f(u);
-        if (fu <= fx) {
-            if (u >= x) a = x;
-            else b = x;
-            vv = w;
-            fv = fw;
-            w = x;
-            fw = fx;
-            x = u;
-            fx = fu;
-        } else {
-            if (u < x) a = u;
-            else b = u;
-            if (fu <= fw || w == x) {
-                vv = w;
-                fv = fw;
-                w = u;
-                fw = fu;
-            } else if (fu <= fv || vv == x || vv == w) {
-                vv = u;
-                fv = fu;
-            }
-        }
-    }
+    double const x = detail::brentMinimize(f, -1.0, 2.0, std::ldexp(1.0, -26));
     pb.restore(s0);
     pb.log.debug("line search: scale " + fmtG(x));
     return x;
@@ -393,7 +315,7 @@ MinimizeResult AstrometryFitter::minimize(std::string const& whatToFit, double n
             rhs = outlierGradient(pb, v, o);
             bool const ok = sys->downdate(o);
             tDown += since(t0);
-            markOutliers(pb, o);
+            detail::markOutliers(pb.assoc, o);
             if (!ok) {
                 _lastError = "minimize(" + whatToFit + "): " + sys->message;
                 pb.log.error(_lastError);
@@ -401,7 +323,7 @@ MinimizeResult AstrometryFitter::minimize(std::string const& whatToFit, double n
             }
             isBuild = false;
         } else {
-            markOutliers(pb, o);
+            detail::markOutliers(pb.assoc, o);
             if (!sys->build(rhs)) {
                 _lastError = "minimize(" + whatToFit + "): " + sys->message;
                 pb.log.error(_lastError);
@@ -416,7 +338,7 @@ MinimizeResult AstrometryFitter::minimize(std::string const& whatToFit, double n
                  fmtG(tSolve) + ", chi2 " + fmtG(tChi2) + ", outlier search " + fmtG(tFind) + ", downdates " +
                  fmtG(tDown));
     if (totalMeas + totalRef > 0) {
-        std::size_t const dead = removeDeadStars(pb);
+        std::size_t const dead = detail::removeDeadStars(pb.assoc);
         if (dead) pb.log.debug("removed " + std::to_string(dead) + " fitted stars left without measurements");
     }
     if (nSigmaCut != 0.0)

@@ -11,6 +11,7 @@
 #include <unordered_map>
 
 #include "diffcal/jointcal/photometry.hpp"
+#include "fit_common.hpp"
 
 namespace diffcal::jointcal {
 
@@ -445,15 +446,11 @@ namespace {
 
 using detail::PhotometryProblem;
 
-struct Outliers {
-    std::vector<std::int64_t> meas;
-    std::vector<int> refs;
-    bool empty() const { return meas.empty() && refs.empty(); }
-};
+using detail::OutlierSet;
 
 /// Spec 2.7: cut = mean + nSigma * std of the per-term chi2; strongest first, at most one term per parameter
 /// group (CcdImage model blocks, star) per pass unless removeAllOutliersPerPass.
-Outliers findOutliers(PhotometryProblem& pb, std::vector<double> const& mc, std::vector<double> const& rc,
+OutlierSet findOutliers(PhotometryProblem& pb, std::vector<double> const& mc, std::vector<double> const& rc,
                       double nSigma, double& cut) {
     auto const& meas = pb.assoc.measured();
     auto const& fs = pb.assoc.fitted();
@@ -466,7 +463,7 @@ Outliers findOutliers(PhotometryProblem& pb, std::vector<double> const& mc, std:
                 s2 += x * x;
                 ++n;
             }
-    Outliers out;
+    OutlierSet out;
     cut = std::numeric_limits<double>::infinity();
     if (n == 0) return out;
     double const mean = s1 / double(n), sigma = std::sqrt(std::max(0.0, s2 / double(n) - mean * mean));
@@ -507,7 +504,7 @@ Outliers findOutliers(PhotometryProblem& pb, std::vector<double> const& mc, std:
                 ++t;
             }
             starTouched[f] = 1;
-            out.refs.push_back(int(f));
+            out.refStars.push_back(int(f));
         } else {
             auto const k = std::size_t(c.index);
             auto const f = std::size_t(meas.fitted[k]);
@@ -544,96 +541,8 @@ Outliers findOutliers(PhotometryProblem& pb, std::vector<double> const& mc, std:
         pb.log.warn("findOutliers: skipped " + std::to_string(skipped0) +
                     " reference outliers of fitted stars without measurements");
     pb.log.debug("findOutliers: found " + std::to_string(out.meas.size()) + " measurement outliers and " +
-                 std::to_string(out.refs.size()) + " reference outliers");
+                 std::to_string(out.refStars.size()) + " reference outliers");
     return out;
-}
-
-void markOutliers(PhotometryProblem& pb, Outliers const& o) {
-    auto& meas = pb.assoc.measured();
-    auto& fs = pb.assoc.fitted();
-    auto& refs = pb.assoc.refs();
-    for (std::int64_t k : o.meas) {
-        meas.valid[std::size_t(k)] = 0;
-        fs.nMeasurements[std::size_t(meas.fitted[std::size_t(k)])]--;
-    }
-    for (int f : o.refs) {
-        int const r = fs.ref[std::size_t(f)];
-        if (r >= 0) refs.fitted[std::size_t(r)] = -1;
-        fs.ref[std::size_t(f)] = -1;
-    }
-}
-
-std::size_t removeDeadStars(PhotometryProblem& pb) {
-    auto& fs = pb.assoc.fitted();
-    auto& refs = pb.assoc.refs();
-    std::size_t n = 0;
-    for (std::size_t f = 0; f < fs.size(); ++f) {
-        if (!fs.alive[f] || fs.nMeasurements[f] > 0) continue;
-        fs.alive[f] = 0;
-        if (fs.ref[f] >= 0) refs.fitted[std::size_t(fs.ref[f])] = -1;
-        fs.ref[f] = -1;
-        ++n;
-    }
-    return n;
-}
-
-/// Brent's minimization of g over [lo, hi] (parabolic steps with golden-section safeguards).
-template <typename Fn>
-double brentMinimize(Fn g, double lo, double hi, double relTol) {
-    double const cgold = 0.5 * (3.0 - std::sqrt(5.0));
-    double a = lo, b = hi;
-    double x = a + cgold * (b - a), w = x, v = x;
-    double fx = g(x), fw = fx, fv = fx;
-    double step = 0.0, prevStep = 0.0;
-    for (int iter = 0; iter < 100; ++iter) {
-        double const mid = 0.5 * (a + b);
-        double const tol = relTol * std::abs(x) + 1e-10, tol2 = 2.0 * tol;
-        if (std::abs(x - mid) <= tol2 - 0.5 * (b - a)) break;
-        bool parabolic = false;
-        if (std::abs(prevStep) > tol) {
-            double const r = (x - w) * (fx - fv);
-            double q = (x - v) * (fx - fw);
-            double p = (x - v) * q - (x - w) * r;
-            q = 2.0 * (q - r);
-            if (q > 0.0) p = -p;
-            q = std::abs(q);
-            double const older = prevStep;
-            prevStep = step;
-            if (std::abs(p) < std::abs(0.5 * q * older) && p > q * (a - x) && p < q * (b - x)) {
-                step = p / q;
-                double const u = x + step;
-                if (u - a < tol2 || b - u < tol2) step = (mid >= x) ? tol : -tol;
-                parabolic = true;
-            }
-        }
-        if (!parabolic) {
-            prevStep = (x >= mid) ? a - x : b - x;
-            step = cgold * prevStep;
-        }
-        double const u = (std::abs(step) >= tol) ? x + step : x + (step > 0.0 ? tol : -tol);
-        double const fu = g(u);
-        if (fu <= fx) {
-            (u >= x ? a : b) = x;
-            v = w;
-            fv = fw;
-            w = x;
-            fw = fx;
-            x = u;
-            fx = fu;
-        } else {
-            (u < x ? a : b) = u;
-            if (fu <= fw || w == x) {
-                v = w;
-                fv = fw;
-                w = u;
-                fw = fu;
-            } else if (fu <= fv || v == x || v == w) {
-                v = u;
-                fv = fu;
-            }
-        }
-    }
-    return x;
 }
 
 }  // namespace
@@ -702,7 +611,7 @@ MinimizeResult PhotometryFitter::minimize(std::string const& whatToFit, double n
                 double const c = pb.chi2(Pt.data(), Ft.data()).chi2;
                 return std::isfinite(c) ? c : std::numeric_limits<double>::max();
             };
-            scale = brentMinimize(g, -1.0, 2.0, std::ldexp(1.0, -26));
+            scale = detail::brentMinimize(g, -1.0, 2.0, std::ldexp(1.0, -26));
             pb.log.debug("line search: scale " + fmtG(scale));
         }
         pb.applyStep(delta, scale, P, F);
@@ -717,7 +626,7 @@ MinimizeResult PhotometryFitter::minimize(std::string const& whatToFit, double n
         oldChi2 = c.chi2;
         if (nSigmaCut == 0.0) break;
         double cut;
-        Outliers const o = findOutliers(pb, mc, rc, nSigmaCut, cut);
+        OutlierSet const o = findOutliers(pb, mc, rc, nSigmaCut, cut);
         if (sigmaRelTol > 0.0 && std::isfinite(prevCut) && (1.0 - cut / prevCut) < sigmaRelTol) {
             pb.log.info("Outlier cut changed by less than the relative tolerance: " + fmtG(1.0 - cut / prevCut) +
                         " < " + fmtG(sigmaRelTol));
@@ -726,21 +635,21 @@ MinimizeResult PhotometryFitter::minimize(std::string const& whatToFit, double n
         prevCut = cut;
         if (o.empty()) break;
         if (doRankUpdate) {
-            rhs = pb.gradient(P.data(), F.data(), &o.meas, &o.refs);
-            markOutliers(pb, o);
+            rhs = pb.gradient(P.data(), F.data(), &o.meas, &o.refStars);
+            detail::markOutliers(pb.assoc, o);
             if (!pb.build(P0.data(), F0.data())) return fail(MinimizeResult::Failed, pb.message);
         } else {
-            markOutliers(pb, o);
+            detail::markOutliers(pb.assoc, o);
             P0 = P;
             F0 = F;
             if (!pb.build(P.data(), F.data())) return fail(MinimizeResult::Failed, pb.message);
             rhs = -pb.gradient(P.data(), F.data());
         }
         totalMeas += std::int64_t(o.meas.size());
-        totalRef += std::int64_t(o.refs.size());
+        totalRef += std::int64_t(o.refStars.size());
     }
     if (totalMeas + totalRef > 0) {
-        std::size_t const dead = removeDeadStars(pb);
+        std::size_t const dead = detail::removeDeadStars(pb.assoc);
         if (dead) pb.log.debug("removed " + std::to_string(dead) + " fitted stars left without measurements");
     }
     if (nSigmaCut != 0.0)

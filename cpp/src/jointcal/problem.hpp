@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "diffcal/jointcal/fitter.hpp"
+#include "fit_common.hpp"
 
 namespace diffcal::jointcal::detail {
 
@@ -83,12 +84,6 @@ struct StarAccum {
     std::vector<double> G;       ///< sum Am^T As per block
     int nRows = 0;               ///< sum of block sizes
     double z[2];                 ///< scratch (whitened rhs)
-};
-
-struct OutlierSet {
-    std::vector<std::int64_t> meas;  ///< measurement indices
-    std::vector<int> refStars;       ///< fitted stars whose reference term is an outlier
-    bool empty() const { return meas.empty() && refStars.empty(); }
 };
 
 /// Persistent sparse factorization (symbolic analysis reused while the pattern does not change).
