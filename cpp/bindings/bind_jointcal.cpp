@@ -15,6 +15,7 @@
 #include "diffcal/jointcal/fitter.hpp"
 #include "diffcal/jointcal/model.hpp"
 #include "diffcal/jointcal/sky.hpp"
+#include "sparse_to_numpy.hpp"
 
 namespace py = pybind11;
 
@@ -525,6 +526,20 @@ void bindJointcal(py::module_& parent) {
                 return out;
             },
             py::arg("what_to_fit"))
+        .def(
+            "normal_equations",
+            [](AstrometryFitter& f, std::string const& what) {
+                Eigen::SparseMatrix<double> upper;
+                Eigen::VectorXd rhs;
+                {
+                    py::gil_scoped_release release;
+                    f.normalEquations(what, upper, rhs);
+                }
+                return cscAndVector(std::move(upper), rhs);
+            },
+            py::arg("what_to_fit"),
+            "Normal equations H delta = rhs at the current parameters for what_to_fit: (data, indices, indptr) "
+            "of the upper triangle of H in CSC form, and rhs.")
         .def_property(
             "solver",
             [](AstrometryFitter const& f) { return f.solverKind() == SolverKind::Schur ? "schur" : "sparse"; },

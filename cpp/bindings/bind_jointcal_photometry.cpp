@@ -9,6 +9,7 @@
 #include <string>
 
 #include "diffcal/jointcal/photometry.hpp"
+#include "sparse_to_numpy.hpp"
 
 namespace py = pybind11;
 
@@ -206,6 +207,20 @@ void bindJointcalPhotometry(py::module_& parent) {
                 return out;
             },
             py::arg("what_to_fit"))
+        .def(
+            "normal_equations",
+            [](PhotometryFitter& f, std::string const& what) {
+                Eigen::SparseMatrix<double> upper;
+                Eigen::VectorXd rhs;
+                {
+                    py::gil_scoped_release release;
+                    f.normalEquations(what, upper, rhs);
+                }
+                return cscAndVector(std::move(upper), rhs);
+            },
+            py::arg("what_to_fit"),
+            "Normal equations H delta = rhs at the current parameters for what_to_fit: (data, indices, indptr) "
+            "of the upper triangle of H in CSC form, and rhs.")
         .def_property(
             "solver", [](PhotometryFitter const& f) { return f.solverKind() == SolverKind::Schur ? "schur" : "sparse"; },
             [](PhotometryFitter& f, std::string const& s) { f.setSolverKind(parseSolver(s)); })

@@ -239,6 +239,13 @@ Eigen::VectorXd AstrometryFitter::computeStep(std::string const& whatToFit) {
     return delta;
 }
 
+void AstrometryFitter::normalEquations(std::string const& whatToFit, Eigen::SparseMatrix<double>& upper,
+                                       Eigen::VectorXd& rhs) {
+    Problem& pb = *_pb;
+    pb.assignIndices(WhatToFit::parse(whatToFit));
+    detail::assembleNormalEquations(pb, upper, rhs);
+}
+
 MinimizeResult AstrometryFitter::minimize(std::string const& whatToFit, double nSigmaCut, double sigmaRelTol,
                                           bool doRankUpdate, bool doLineSearch) {
     Problem& pb = *_pb;

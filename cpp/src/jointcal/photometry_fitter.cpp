@@ -353,6 +353,28 @@ public:
     }
 
     bool buildSparse(double const* P, double const* F) {
+        Eigen::SparseMatrix<double> const H = sparseMatrix(P, F);
+        Eigen::VectorXd const hdiag = H.diagonal();
+        ldlt.compute(H);
+        if (ldlt.info() != Eigen::Success) {
+            message = "sparse LDL^T factorization of the normal matrix failed";
+            return false;
+        }
+        auto const dv = ldlt.vectorD();
+        for (Eigen::Index i = 0; i < dv.size(); ++i) {
+            Eigen::Index const orig = ldlt.permutationPinv().indices()[i];
+            if (!(dv[i] > kPivotTolerance * hdiag[orig])) {
+                message = "the normal matrix is not positive definite (degenerate model; pivot of " +
+                          describeParam(orig) + ")";
+                return false;
+            }
+        }
+        return true;
+    }
+
+    /// Upper triangle of the normal matrix J^T W J at parameters P and star values F (stars without
+    /// any term get a unit pivot, so that their step is zero).
+    Eigen::SparseMatrix<double> sparseMatrix(double const* P, double const* F) {
         auto const& fs = assoc.fitted();
         std::vector<Eigen::Triplet<double>> trip;
         std::vector<double> diag(std::size_t(nStarsFit), 0.0);
@@ -374,22 +396,7 @@ public:
             if (diag[std::size_t(s)] == 0.0) trip.emplace_back(Eigen::Index(nModel + s), Eigen::Index(nModel + s), 1.0);
         Eigen::SparseMatrix<double> H(nTotal, nTotal);
         H.setFromTriplets(trip.begin(), trip.end());
-        Eigen::VectorXd const hdiag = H.diagonal();
-        ldlt.compute(H);
-        if (ldlt.info() != Eigen::Success) {
-            message = "sparse LDL^T factorization of the normal matrix failed";
-            return false;
-        }
-        auto const dv = ldlt.vectorD();
-        for (Eigen::Index i = 0; i < dv.size(); ++i) {
-            Eigen::Index const orig = ldlt.permutationPinv().indices()[i];
-            if (!(dv[i] > kPivotTolerance * hdiag[orig])) {
-                message = "the normal matrix is not positive definite (degenerate model; pivot of " +
-                          describeParam(orig) + ")";
-                return false;
-            }
-        }
-        return true;
+        return H;
     }
 
     /// Solve the factorized system for rhs (full length nTotal).
@@ -576,6 +583,16 @@ Eigen::VectorXd PhotometryFitter::computeStep(std::string const& whatToFit) {
     double const* F = pb.starValues().data();
     if (!pb.build(P, F)) throw std::runtime_error(pb.message);
     return pb.solve(-pb.gradient(P, F));
+}
+
+void PhotometryFitter::normalEquations(std::string const& whatToFit, Eigen::SparseMatrix<double>& upper,
+                                       Eigen::VectorXd& rhs) {
+    PhotometryProblem& pb = *_pb;
+    pb.assignIndices(PhotometryWhatToFit::parse(whatToFit));
+    double const* P = pb.model.params().data();
+    double const* F = pb.starValues().data();
+    upper = pb.sparseMatrix(P, F);
+    rhs = -pb.gradient(P, F);
 }
 
 MinimizeResult PhotometryFitter::minimize(std::string const& whatToFit, double nSigmaCut, double sigmaRelTol,

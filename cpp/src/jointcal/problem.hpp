@@ -166,5 +166,7 @@ protected:
 
 std::unique_ptr<NormalSystem> makeSchurSystem(Problem& pb);
 std::unique_ptr<NormalSystem> makeSparseSystem(Problem& pb);
+/// Upper triangle of the normal matrix and the right-hand side at the current parameters (no solve).
+void assembleNormalEquations(Problem& pb, Eigen::SparseMatrix<double>& upper, Eigen::VectorXd& rhs);
 
 }  // namespace diffcal::jointcal::detail

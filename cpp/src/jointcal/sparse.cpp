@@ -21,6 +21,13 @@ public:
     explicit SparseSystem(Problem& p) : NormalSystem(p), cache(p.sparseCache) {}
 
     bool build(Eigen::VectorXd& rhs) override {
+        assemble(rhs);
+        return factorize(true);
+    }
+
+    /// The upper triangle of H = J^T W J (in H) and the right-hand side of H delta = rhs, at the
+    /// current parameters (the build point of later downdates), without factorizing.
+    void assemble(Eigen::VectorXd& rhs) {
         takeSnapshot();
         Layout const& L = pb.layout;
         nM = L.nModel;
@@ -31,8 +38,9 @@ public:
         std::fill(H.valuePtr(), H.valuePtr() + H.nonZeros(), 0.0);
         if (nM > 0) modelValues(rhs);
         if (L.positions()) starValues(rhs);
-        return factorize(true);
     }
+
+    Eigen::SparseMatrix<double> const& matrix() const { return H; }
 
     bool solve(Eigen::VectorXd const& rhs, bool, Eigen::VectorXd& delta) override {
         if (!outliers.empty() && !pcg(rhs, delta)) {
@@ -491,5 +499,11 @@ private:
 }  // namespace
 
 std::unique_ptr<NormalSystem> makeSparseSystem(Problem& pb) { return std::make_unique<SparseSystem>(pb); }
+
+void assembleNormalEquations(Problem& pb, Eigen::SparseMatrix<double>& upper, Eigen::VectorXd& rhs) {
+    SparseSystem s(pb);
+    s.assemble(rhs);
+    upper = s.matrix();
+}
 
 }  // namespace diffcal::jointcal::detail

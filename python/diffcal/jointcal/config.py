@@ -7,7 +7,6 @@ same name, default and meaning. Differences:
   `ReferenceCatalogConfig` fields ``astrometryReference`` / ``photometryReference`` (flux-column mapping,
   proper-motion requirement): catalogs are passed to `JointcalTask.run` as tables or files.
 * ``sourceSelector`` is a registry with the ``science`` selector only.
-* ``writeInitMatrix`` (dense Hessian dumps) is not supported: `validate` rejects it.
 * New fields (no reference counterpart): ``associationRadius`` (the reference hard-codes 3 arcsec, quirk 1),
   ``astrometrySolver`` and ``schurMaxModelParameters`` (solver choice), ``properMotionSignAsReference``
   (quirk 3), ``removeAllOutliersPerPass`` (faster outlier rejection), ``minSelectedSourcesPerDetector``,
@@ -161,7 +160,10 @@ class JointcalConfig(Config):
             "per parameter group per pass)")
     outputWcsMaxInverseError = Field(dtype=float, default=1e-3,
                                      doc="Tolerance (pixels) of the inverse SIP polynomials of the output WCS")
-    writeInitMatrix = Field(dtype=bool, default=False, doc="Not supported (dense Hessian dumps)")
+    writeInitMatrix = Field(dtype=bool, default=False,
+                            doc="Write the dense normal matrix and right-hand side before and after the "
+                                "initialization steps (<debugOutputPath>/<astrometry|photometry>_<pre|post>init-"
+                                "<tract>_<filter>-mat.txt / -grad.txt); skipped above 2e8 entries")
     writeChi2FilesInitialFinal = Field(dtype=bool, default=False,
                                        doc="Write per-term chi2 files for the initial and final fits")
     writeChi2FilesOuterLoop = Field(dtype=bool, default=False,
@@ -206,9 +208,6 @@ class JointcalConfig(Config):
         if self.doAstrometry and not self.doPhotometry and self.applyColorTerms:
             _log.warning("Only doing astrometry, but Colorterms are not applied for astrometry; "
                          "applyColorTerms=True will be ignored.")
-        if self.writeInitMatrix:
-            raise FieldValidationError(JointcalConfig.writeInitMatrix, self,
-                                       "writeInitMatrix (dense Hessian dumps) is not supported by diffcal")
         for name in ("astrometrySimpleOrder", "astrometryVisitOrder", "photometryVisitOrder"):
             if not 0 <= getattr(self, name) <= 12:
                 raise FieldValidationError(getattr(JointcalConfig, name), self, f"{name} must be in [0, 12]")

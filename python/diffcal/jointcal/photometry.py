@@ -331,6 +331,7 @@ def fitPhotometry(task: Any, data: Struct, refCat: Any) -> Struct:
     lineSearch = bool(cfg.allowLineSearch and constrained)
     task._logChi2AndValidate(state, "Initialized", writeChi2Name=task._chi2Name(_LOGNAME, "initial"))
     steps = (["ModelVisit"] if constrained else []) + ["Model", "Fluxes", "Model Fluxes"]
+    task._dumpNormalEquations(fitter, _LOGNAME, "preinit", steps[0], data.defaultFilter)
     for what in steps:
         result = fitter.minimize(what, 0.0, 0.0, True, lineSearch and "Model" in what)
         _forwardLog(task.log, fitter.take_log())
@@ -341,6 +342,7 @@ def fitPhotometry(task: Any, data: Struct, refCat: Any) -> Struct:
         task._logChi2AndValidate(state, label, writeChi2Name=task._chi2Name(
             _LOGNAME, f"init-{what.replace(' ', '')}", outer=True))
     model.native.freeze_error_transform()
+    task._dumpNormalEquations(fitter, _LOGNAME, "postinit", "Model Fluxes", data.defaultFilter)
     chi2 = task._iterate_fit(state, cfg.maxPhotometrySteps, _LOGNAME, "Model Fluxes",
                              doRankUpdate=cfg.photometryDoRankUpdate, doLineSearch=lineSearch)
     task.job["photometry_final_chi2"] = float(chi2.chi2)

@@ -578,6 +578,7 @@ class JointcalTask(Task):
         chi2 = self._logChi2AndValidate(state, "Initial", writeChi2Name=self._chi2Name(name, "initial"))
         steps = (["DistortionsVisit"] if cfg.astrometryModel == "constrained" else []) + [
             "Distortions", "Positions", "Distortions Positions"]
+        self._dumpNormalEquations(fitter, name, "preinit", steps[0], data.defaultFilter)
         for what in steps:
             result = fitter.minimize(what)
             _forwardLog(self.log, fitter.take_log())
@@ -586,6 +587,7 @@ class JointcalTask(Task):
             label = "Initialize " + what.replace(" ", "")
             chi2 = self._logChi2AndValidate(state, label, writeChi2Name=self._chi2Name(name, f"init-{what.replace(' ', '')}",
                                                                                        outer=True))
+        self._dumpNormalEquations(fitter, name, "postinit", "Distortions Positions", data.defaultFilter)
         chi2 = self._iterate_fit(state, cfg.maxAstrometrySteps, name, "Distortions Positions",
                                  sigmaRelativeTolerance=cfg.astrometryOutlierRelativeTolerance,
                                  doRankUpdate=cfg.astrometryDoRankUpdate)
@@ -594,6 +596,36 @@ class JointcalTask(Task):
         state.finalChi2 = chi2
         state.outliers = (int(fitter.meas_outliers_total), int(fitter.ref_outliers_total))
         return state
+
+    #: The reference does not dump normal matrices with more entries than this (rows x columns).
+    MAX_DUMPED_MATRIX_ENTRIES = 2e8
+
+    def _dumpNormalEquations(self, fitter: Any, name: str, stage: str, whatToFit: str, band: str) -> list[Path]:
+        """``writeInitMatrix``: write the dense normal matrix H = J^T W J and the right-hand side b of
+        H delta = b for ``whatToFit`` at the current parameters, as text (``%.13g``, one row per line), to
+        ``<debugOutputPath>/<name>_<stage>-<tract>_<band>-mat.txt`` and ``-grad.txt``. Parameter order:
+        model parameters, then the fitted stars (spec 1.4). Matrices with more than 2e8 entries are
+        skipped with a warning, as in the reference."""
+        if not self.config.writeInitMatrix:
+            return []
+        data, indices, indptr, rhs = fitter.normal_equations(whatToFit)
+        n = rhs.size
+        if float(n) * float(n) > self.MAX_DUMPED_MATRIX_ENTRIES:
+            self.log.warning("Hessian matrix is too big to dump to file, with rows, columns: %d, %d", n, n)
+            return []
+        from scipy.sparse import csc_matrix
+
+        upper = csc_matrix((data, indices, indptr), shape=(n, n))
+        dense = (upper + upper.T).toarray()
+        dense[np.diag_indices(n)] -= upper.diagonal()
+        base = Path(self.config.debugOutputPath) / f"{name}_{stage}-{self._tract}_{band}"
+        base.parent.mkdir(parents=True, exist_ok=True)
+        paths = [base.with_name(base.name + "-mat.txt"), base.with_name(base.name + "-grad.txt")]
+        np.savetxt(paths[0], dense, fmt="%.13g")
+        np.savetxt(paths[1], rhs, fmt="%.13g")
+        self.log.info("Wrote the %d x %d normal matrix and its right-hand side (%s) to %s-mat.txt / -grad.txt",
+                      n, n, whatToFit, base)
+        return paths
 
     def _chi2Name(self, name: str, step: str, *, outer: bool = False) -> str | None:
         cfg = self.config

@@ -29,6 +29,7 @@
 #pragma once
 
 #include <Eigen/Core>
+#include <Eigen/SparseCore>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -86,6 +87,11 @@ public:
     /// Assign indices for whatToFit, build the normal equations and return the Gauss-Newton step without
     /// applying it (for solver comparisons). Throws std::runtime_error if the factorization fails.
     Eigen::VectorXd computeStep(std::string const& whatToFit);
+
+    /// Assign indices for whatToFit and return the normal equations H delta = rhs at the current
+    /// parameters: the upper triangle of H = J^T W J (parameter order of spec 1.4: model, then stars)
+    /// and rhs = -J^T W r (the step the fit would take solves them). For writeInitMatrix dumps.
+    void normalEquations(std::string const& whatToFit, Eigen::SparseMatrix<double>& upper, Eigen::VectorXd& rhs);
 
     std::int64_t nTotal() const;
     std::int64_t nModelFit() const;

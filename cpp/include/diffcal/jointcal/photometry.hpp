@@ -155,6 +155,9 @@ public:
     void termChi2(std::vector<double>& meas, std::vector<double>& ref);
     /// Assign indices and return the Gauss-Newton step without applying it.
     Eigen::VectorXd computeStep(std::string const& whatToFit);
+    /// Normal equations H delta = rhs at the current parameters (upper triangle of H); see
+    /// AstrometryFitter::normalEquations.
+    void normalEquations(std::string const& whatToFit, Eigen::SparseMatrix<double>& upper, Eigen::VectorXd& rhs);
 
     std::int64_t nTotal() const;
     std::int64_t nModelFit() const;
