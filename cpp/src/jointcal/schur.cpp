@@ -4,6 +4,7 @@
 // any thread count), factorized by a parallel blocked Cholesky, and star steps are back-substituted.
 #include <Eigen/Dense>
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <map>
@@ -225,10 +226,14 @@ private:
     Eigen::MatrixXd S, Lf;
     Eigen::VectorXd bRed, starReduction;
     std::vector<std::array<double, 3>> Hs;
-    // downdates since the last factorization, packed: S' = S - sum_c Vc Vc^T, Vc rows on cIdx (2 numbers each)
-    std::vector<std::int64_t> cStart{0};
-    std::vector<int> cIdx;
+    // Downdates since the last factorization: S' = S - sum_c Vc Vc^T. The rows of correction c are runs of
+    // consecutive indices (one per model block): runs cRun[cRunStart[c] .. cRunStart[c+1]) as (first, length);
+    // its values start at cV[cVStart[c]]: the n first-column entries, then the n second-column entries, in
+    // run order (contiguous loads and stores in the PCG products; no per-entry index).
+    std::vector<std::int64_t> cRunStart{0}, cVStart{0};
+    std::vector<std::array<int, 2>> cRun;
     std::vector<double> cV;
+    std::int64_t cEntries = 0;
 
     bool lostStar(int ks) {
         message = "after outlier rejection " + pb.describeParam(nM + 2 * std::int64_t(ks)) +
@@ -238,24 +243,39 @@ private:
 
     void pushCorrection(std::vector<int> const& idx, Eigen::Matrix<double, Eigen::Dynamic, 2> const& V) {
         for (std::size_t i = 0; i < idx.size(); ++i) {
-            cIdx.push_back(idx[i]);
-            cV.push_back(V(Eigen::Index(i), 0));
-            cV.push_back(V(Eigen::Index(i), 1));
+            if (i > 0 && idx[i] == idx[i - 1] + 1) {
+                cRun.back()[1]++;
+            } else {
+                cRun.push_back({idx[i], 1});
+            }
         }
-        cStart.push_back(std::int64_t(cIdx.size()));
+        cRunStart.push_back(std::int64_t(cRun.size()));
+        for (int col = 0; col < 2; ++col)
+            for (std::size_t i = 0; i < idx.size(); ++i) cV.push_back(V(Eigen::Index(i), col));
+        cVStart.push_back(std::int64_t(cV.size()));
+        cEntries += std::int64_t(idx.size());
     }
 
-    std::size_t nCorrections() const { return cStart.size() - 1; }
+    std::size_t nCorrections() const { return cRunStart.size() - 1; }
 
     void clearCorrections() {
-        cStart.assign(1, 0);
-        cIdx.clear();
+        cRunStart.assign(1, 0);
+        cVStart.assign(1, 0);
+        cRun.clear();
         cV.clear();
+        cEntries = 0;
+    }
+
+    /// Row indices of correction c, in value order.
+    void correctionRows(std::size_t c, std::vector<int>& rows) const {
+        rows.clear();
+        for (auto r = std::size_t(cRunStart[c]); r < std::size_t(cRunStart[c + 1]); ++r)
+            for (int i = 0; i < cRun[r][1]; ++i) rows.push_back(cRun[r][0] + i);
     }
 
     /// Past this size the downdates cost about as much as a dense product per PCG iteration: fold them in.
     bool maybeFold() {
-        if (double(cIdx.size()) > 0.5 * double(nM) * double(nM)) return consolidate();
+        if (double(cEntries) > 0.5 * double(nM) * double(nM)) return consolidate();
         return true;
     }
 
@@ -281,15 +301,30 @@ private:
             Eigen::VectorXd& yp = partial[std::size_t(t)];
             yp.setZero(nM);
             std::size_t const c0 = std::size_t(t) * chunk, c1 = std::min(nc, c0 + chunk);
+            double const* xd = x.data();
+            double* yd = yp.data();
             for (std::size_t c = c0; c < c1; ++c) {
-                auto const b = std::size_t(cStart[c]), e = std::size_t(cStart[c + 1]);
+                auto const r0 = std::size_t(cRunStart[c]), r1 = std::size_t(cRunStart[c + 1]);
+                auto const n = std::size_t(cVStart[c + 1] - cVStart[c]) / 2;
+                double const* v0 = cV.data() + cVStart[c];
+                double const* v1 = v0 + n;
+                // same summation order as a loop over the rows: results do not depend on the storage
                 double t0 = 0.0, t1 = 0.0;
-                for (std::size_t i = b; i < e; ++i) {
-                    double const xi = x[cIdx[i]];
-                    t0 += cV[2 * i] * xi;
-                    t1 += cV[2 * i + 1] * xi;
+                std::size_t e = 0;
+                for (std::size_t r = r0; r < r1; ++r) {
+                    double const* xr = xd + cRun[r][0];
+                    for (int i = 0; i < cRun[r][1]; ++i, ++e) {
+                        t0 += v0[e] * xr[i];
+                        t1 += v1[e] * xr[i];
+                    }
                 }
-                for (std::size_t i = b; i < e; ++i) yp[cIdx[i]] -= cV[2 * i] * t0 + cV[2 * i + 1] * t1;
+                e = 0;
+                for (std::size_t r = r0; r < r1; ++r) {
+                    double* yr = yd + cRun[r][0];
+                    int const len = cRun[r][1];
+                    for (int i = 0; i < len; ++i) yr[i] -= v0[e + std::size_t(i)] * t0 + v1[e + std::size_t(i)] * t1;
+                    e += std::size_t(len);
+                }
             }
         });
         for (std::size_t t = 0; t < nChunks; ++t) y += partial[t];
@@ -299,12 +334,16 @@ private:
     /// Fold the downdates into S and refactorize.
     bool consolidate() {
         std::size_t const nc = nCorrections();
+        std::vector<int> rows;
         for (std::size_t c = 0; c < nc; ++c) {
-            auto const b = std::size_t(cStart[c]), e = std::size_t(cStart[c + 1]);
-            for (std::size_t q = b; q < e; ++q) {
-                double const a0 = cV[2 * q], a1 = cV[2 * q + 1];
-                double* col = S.data() + std::ptrdiff_t(cIdx[q]) * nM;
-                for (std::size_t r = q; r < e; ++r) col[cIdx[r]] -= cV[2 * r] * a0 + cV[2 * r + 1] * a1;
+            correctionRows(c, rows);
+            std::size_t const n = rows.size();
+            double const* v0 = cV.data() + cVStart[c];
+            double const* v1 = v0 + n;
+            for (std::size_t q = 0; q < n; ++q) {
+                double const a0 = v0[q], a1 = v1[q];
+                double* col = S.data() + std::ptrdiff_t(rows[q]) * nM;
+                for (std::size_t r = q; r < n; ++r) col[rows[r]] -= v0[r] * a0 + v1[r] * a1;
             }
         }
         pb.log.debug("Schur solver: folded " + std::to_string(nc) + " downdates into the reduced matrix");

@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["add_commands", "add_jointcal", "add_simulate_survey", "applyOverride", "run_jointcal",
-           "run_simulate_survey"]
+__all__ = ["add_commands", "add_jointcal", "add_simulate_survey", "addJointcalArguments", "applyConfigArguments",
+           "applyOverride", "makeArgumentParser", "run_jointcal", "run_simulate_survey"]
 
 
 def _usageError(message: str) -> Exception:
@@ -109,10 +109,7 @@ def run_jointcal(args: argparse.Namespace) -> int:
     from .task import JointcalTask
 
     config = JointcalConfig()
-    for path in args.config_file or []:
-        config.load(str(path))
-    for override in args.config or []:
-        applyOverride(config, override)
+    applyConfigArguments(config, args)
     config.validate()
     with _StdoutLogging(quiet=args.quiet):
         t0 = time.perf_counter()
@@ -163,14 +160,11 @@ def _positive(text: str) -> int:
     return value
 
 
-def add_jointcal(subparsers: Any, common: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    """Add the ``jointcal`` sub-command."""
-    p = subparsers.add_parser(
-        "jointcal", parents=[common] if common is not None else [],
-        help="joint astrometric calibration of the visits of an input directory",
-        description="Fit the astrometry of all visits of INPUT_DIR (sourceTable-<visit>.parq, "
-                    "visitSummary-<visit>.fits, calexp-<visit>-<detector>.fits[.fz]) against a reference catalog "
-                    "and write the fitted TAN-SIP WCS, metrics and model to OUTDIR.")
+def addJointcalArguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the arguments of ``diffcal jointcal`` (INPUT_DIR, --refcat, --camera, -c, -C, -o, ...) to ``p``.
+
+    Shared by the ``jointcal`` sub-command and `JointcalTask.parseAndRun`.
+    """
     p.add_argument("input_dir", type=Path, metavar="INPUT_DIR")
     p.add_argument("--refcat", action="append", type=Path, metavar="REFCAT.fits",
                    help="reference catalog shard (repeatable)")
@@ -182,6 +176,34 @@ def add_jointcal(subparsers: Any, common: argparse.ArgumentParser | None = None)
     p.add_argument("--plots", action="store_true", help="also write PNG plots (needs matplotlib)")
     p.add_argument("--visits", type=int, nargs="+", metavar="V", help="only these visits")
     p.add_argument("--quiet", action="store_true", help="only warnings and the summary line")
+    return p
+
+
+def makeArgumentParser(prog: str = "jointcal") -> argparse.ArgumentParser:
+    """A standalone parser with the arguments of ``diffcal jointcal`` (used by `JointcalTask.parseAndRun`)."""
+    p = argparse.ArgumentParser(
+        prog=prog, description="Fit the astrometry of all visits of INPUT_DIR against a reference catalog and "
+                               "record the results, config, metadata and package versions in OUTDIR.")
+    return addJointcalArguments(p)
+
+
+def applyConfigArguments(config: Any, args: argparse.Namespace) -> None:
+    """Apply the ``-C config.py`` files, then the ``-c field=value`` overrides, of parsed arguments to ``config``."""
+    for path in getattr(args, "config_file", None) or []:
+        config.load(str(path))
+    for override in getattr(args, "config", None) or []:
+        applyOverride(config, override)
+
+
+def add_jointcal(subparsers: Any, common: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    """Add the ``jointcal`` sub-command."""
+    p = subparsers.add_parser(
+        "jointcal", parents=[common] if common is not None else [],
+        help="joint astrometric calibration of the visits of an input directory",
+        description="Fit the astrometry of all visits of INPUT_DIR (sourceTable-<visit>.parq, "
+                    "visitSummary-<visit>.fits, calexp-<visit>-<detector>.fits[.fz]) against a reference catalog "
+                    "and write the fitted TAN-SIP WCS, metrics and model to OUTDIR.")
+    addJointcalArguments(p)
     p.set_defaults(func=run_jointcal)
     return p
 

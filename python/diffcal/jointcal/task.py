@@ -39,6 +39,7 @@ from ..pipe import FieldValidationError, Struct, Task, TaskError, timeMethod
 from .config import JointcalConfig
 from .inputs import Camera, VisitSummary, columnTable, julianEpochFromMjd, resolveColumn
 from .models import AstrometryModel
+from .repository import JointcalCmdLineMixin
 from .wcs import gnomonicDeproject
 
 __all__ = ["JointcalTask", "MinimizeResult", "Chi2Statistic"]
@@ -75,7 +76,7 @@ def _forwardLog(log: Any, records: Sequence[tuple[int, str]]) -> None:
         log.log(level, "%s", message)
 
 
-class JointcalTask(Task):
+class JointcalTask(JointcalCmdLineMixin, Task):
     """Astrometrically calibrate many visits jointly.
 
     Parameters
