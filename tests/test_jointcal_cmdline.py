@@ -331,3 +331,20 @@ def test_parse_and_run(tmp_path, survey, capsys):
         JointcalTask.parseAndRun(failing + ["--doraise"])
     with pytest.raises(SystemExit):
         JointcalTask.parseAndRun([str(indir)])  # -o is required
+
+
+def test_run_data_ref_with_photometry_writes_photocalibs(tmp_path, inputRepo):
+    """The photometric fit's PhotoCalibs are stored per (visit, detector) as FITS and read back equal."""
+    out = LocalRepository(tmp_path / "out", parents=[inputRepo.repo])
+    config = _config(doPhotometry=True, photometryModel="simpleFlux")
+    result = JointcalTask(config=config).runDataRef([out.dataRef(visit=v) for v in inputRepo.visits])
+    assert len(result.outputPhotoCalib) == 8
+    x, y = np.array([10.0, 1000.0]), np.array([20.0, 3000.0])
+    for (v, d), pc in result.outputPhotoCalib.items():
+        stored = out.get("jointcal_photoCalib", visit=v, detector=d)
+        assert type(stored) is type(pc)
+        np.testing.assert_array_equal(stored.getCalibration(x, y), pc.getCalibration(x, y))
+        assert stored.getCalibrationErr() == pc.getCalibrationErr()
+    files = [f for f in (tmp_path / "out").rglob("*") if f.is_file() and "photoCalib" in str(f)]
+    assert len(files) == 8 and all(f.name.endswith(".photoCalib.fits") for f in files), files
+    assert result.job["photometry_final_ndof"] > 0

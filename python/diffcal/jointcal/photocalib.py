@@ -136,6 +136,18 @@ class ChebyshevField:
         return float(np.sum(w * self.evaluateT(gx, gy)))
 
 
+def _putFloat(header: Any, key: str, value: float, comment: str = "") -> None:
+    """A float header card (readable, but FITS formats it with 16 significant digits) plus its exact
+    value as a hexadecimal string under ``HIERARCH EXACT <key>``, which `_getFloat` prefers."""
+    header[key] = (float(value), comment)
+    header[f"HIERARCH EXACT {key}"] = float(value).hex()
+
+
+def _getFloat(header: Any, key: str) -> float:
+    exact = f"EXACT {key}"
+    return float.fromhex(header[exact]) if exact in header else float(header[key])
+
+
 class PhotoCalib:
     """Photometric calibration of one detector of one visit (see the module docstring).
 
@@ -268,19 +280,19 @@ class PhotoCalib:
             fits.Column(name="coefficient", format="D", array=c),
         ], name="PHOTOCALIB")
         h = hdu.header
-        h["CALMEAN"] = (self._mean, "mean calibration (nJy/count)")
-        h["CALERR"] = (self._err, "calibration uncertainty (nJy/count)")
+        _putFloat(h, "CALMEAN", self._mean, "mean calibration (nJy/count)")
+        _putFloat(h, "CALERR", self._err, "calibration uncertainty (nJy/count)")
         if self._bbox is not None:
             for key, v in zip(("BBOXX0", "BBOXY0", "BBOXX1", "BBOXY1"), self._bbox):
-                h[key] = v
+                _putFloat(h, key, v)
         h["FIELD"] = "CONSTANT" if f is None else f.kind.upper()
         if f is not None:
             h["ORDER"] = f.order
-            h["FSCALE"] = (f.scale, "field scale (nJy/count)")
+            _putFloat(h, "FSCALE", f.scale, "field scale (nJy/count)")
             for key, v in zip(("FBOXX0", "FBOXY0", "FBOXX1", "FBOXY1"), f.focalBox):
-                h[key] = (float(v), "focal-plane box (mm)")
+                _putFloat(h, key, v, "focal-plane box (mm)")
             for k, v in enumerate(f.pixToFocal):
-                h[f"PIX2FOC{k}"] = float(v)
+                _putFloat(h, f"PIX2FOC{k}", v)
         if self.visit is not None:
             h["VISIT"] = int(self.visit)
         if self.detector is not None:
@@ -302,7 +314,7 @@ class PhotoCalib:
                 raise ValueError(f"PhotoCalib FITS: missing header key {key}")
         bbox = None
         if "BBOXX0" in h:
-            bbox = tuple(float(h[k]) for k in ("BBOXX0", "BBOXY0", "BBOXX1", "BBOXY1"))
+            bbox = tuple(_getFloat(h, k) for k in ("BBOXX0", "BBOXY0", "BBOXX1", "BBOXY1"))
         kind = str(h["FIELD"]).strip().upper()
         field = None
         if kind in ("FLUX", "MAGNITUDE"):
@@ -317,12 +329,12 @@ class PhotoCalib:
                 if (int(a), int(b)) not in pos:
                     raise ValueError(f"PhotoCalib FITS: coefficient ({a}, {b}) exceeds order {order}")
                 coeffs[pos[(int(a), int(b))]] = v
-            field = ChebyshevField(kind.lower(), order, coeffs, float(h["FSCALE"]),
-                                   tuple(float(h[k]) for k in ("FBOXX0", "FBOXY0", "FBOXX1", "FBOXY1")),
-                                   tuple(float(h[f"PIX2FOC{k}"]) for k in range(6)))
+            field = ChebyshevField(kind.lower(), order, coeffs, _getFloat(h, "FSCALE"),
+                                   tuple(_getFloat(h, k) for k in ("FBOXX0", "FBOXY0", "FBOXX1", "FBOXY1")),
+                                   tuple(_getFloat(h, f"PIX2FOC{k}") for k in range(6)))
         elif kind != "CONSTANT":
             raise ValueError(f"PhotoCalib FITS: unknown FIELD {kind!r}")
-        return cls(float(h["CALMEAN"]), float(h["CALERR"]), bbox, field=field,
+        return cls(_getFloat(h, "CALMEAN"), _getFloat(h, "CALERR"), bbox, field=field,
                    visit=int(h["VISIT"]) if "VISIT" in h else None,
                    detector=int(h["DETECTOR"]) if "DETECTOR" in h else None)
 

@@ -132,8 +132,25 @@ def _readCamera(path: Path) -> Camera:
     return readCamera(path)
 
 
+def _isPhotoCalib(obj: Any) -> bool:
+    from .photocalib import PhotoCalib
+
+    return isinstance(obj, PhotoCalib)
+
+
+def _writePhotoCalib(photoCalib: Any, path: Path) -> None:
+    photoCalib.writeFits(path)
+
+
+def _readPhotoCalib(path: Path) -> Any:
+    from .photocalib import PhotoCalib
+
+    return PhotoCalib.readFits(path)
+
+
 for _formatter in (
     Formatter(".wcs.fits", lambda o: isinstance(o, TanSipWcs), _writeWcs, _readWcs),
+    Formatter(".photoCalib.fits", _isPhotoCalib, _writePhotoCalib, _readPhotoCalib),
     Formatter(".wcsmap.fits", _isWcsMap, _writeWcsMap, _readWcsMap),
     Formatter(".visitSummary.fits", lambda o: isinstance(o, VisitSummary), _writeVisitSummary, _readVisitSummary),
     Formatter(".camera.fits", lambda o: isinstance(o, Camera), _writeCamera, _readCamera),
