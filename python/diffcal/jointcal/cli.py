@@ -182,8 +182,8 @@ def addJointcalArguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def makeArgumentParser(prog: str = "jointcal") -> argparse.ArgumentParser:
     """A standalone parser with the arguments of ``diffcal jointcal`` (used by `JointcalTask.parseAndRun`)."""
     p = argparse.ArgumentParser(
-        prog=prog, description="Fit the astrometry of all visits of INPUT_DIR against a reference catalog and "
-                               "record the results, config, metadata and package versions in OUTDIR.")
+        prog=prog, description="Fit the astrometry and photometry of all visits of INPUT_DIR against a reference "
+                               "catalog and record the results, config, metadata and package versions in OUTDIR.")
     return addJointcalArguments(p)
 
 
@@ -200,9 +200,10 @@ def add_jointcal(subparsers: Any, common: argparse.ArgumentParser | None = None)
     p = subparsers.add_parser(
         "jointcal", parents=[common] if common is not None else [],
         help="joint astrometric calibration of the visits of an input directory",
-        description="Fit the astrometry of all visits of INPUT_DIR (sourceTable-<visit>.parq, "
+        description="Fit the astrometry and photometry of all visits of INPUT_DIR (sourceTable-<visit>.parq, "
                     "visitSummary-<visit>.fits, calexp-<visit>-<detector>.fits[.fz]) against a reference catalog "
-                    "and write the fitted TAN-SIP WCS, metrics and model to OUTDIR.")
+                    "and write the fitted TAN-SIP WCS, PhotoCalibs, metrics and model to OUTDIR "
+                    "(-c doPhotometry=False / doAstrometry=False for one of them).")
     addJointcalArguments(p)
     p.set_defaults(func=run_jointcal)
     return p
