@@ -209,15 +209,7 @@ void bindJointcalPhotometry(py::module_& parent) {
             py::arg("what_to_fit"))
         .def(
             "normal_equations",
-            [](PhotometryFitter& f, std::string const& what) {
-                Eigen::SparseMatrix<double> upper;
-                Eigen::VectorXd rhs;
-                {
-                    py::gil_scoped_release release;
-                    f.normalEquations(what, upper, rhs);
-                }
-                return cscAndVector(std::move(upper), rhs);
-            },
+            [](PhotometryFitter& f, std::string const& what) { return normalEquationsOf(f, what); },
             py::arg("what_to_fit"),
             "Normal equations H delta = rhs at the current parameters for what_to_fit: (data, indices, indptr) "
             "of the upper triangle of H in CSC form, and rhs.")

@@ -9,6 +9,8 @@
 #include <Eigen/SparseCore>
 #include <algorithm>
 #include <cstdint>
+#include <string>
+#include <utility>
 
 namespace diffcal::bindings {
 
@@ -26,6 +28,19 @@ inline py::tuple cscAndVector(Eigen::SparseMatrix<double> m, Eigen::VectorXd con
     py::array_t<double> vec(static_cast<py::ssize_t>(v.size()));
     std::copy(v.data(), v.data() + v.size(), vec.mutable_data());
     return py::make_tuple(data, indices, indptr, vec);
+}
+
+/// The binding body of a fitter's normal_equations(what_to_fit): assemble with the GIL released and
+/// return (data, indices, indptr, rhs) of the upper triangle (works for both jointcal fitters).
+template <typename Fitter>
+py::tuple normalEquationsOf(Fitter& fitter, std::string const& whatToFit) {
+    Eigen::SparseMatrix<double> upper;
+    Eigen::VectorXd rhs;
+    {
+        py::gil_scoped_release release;
+        fitter.normalEquations(whatToFit, upper, rhs);
+    }
+    return cscAndVector(std::move(upper), rhs);
 }
 
 }  // namespace diffcal::bindings
