@@ -15,7 +15,7 @@
 #include "diffcal/jointcal/fitter.hpp"
 #include "diffcal/jointcal/model.hpp"
 #include "diffcal/jointcal/sky.hpp"
-#include "sparse_to_numpy.hpp"
+#include "fitter_bindings.hpp"
 
 namespace py = pybind11;
 
@@ -472,7 +472,8 @@ void bindJointcal(py::module_& parent) {
             py::arg("ccd"), py::arg("x"), py::arg("y"))
         .def("validate", &AstrometryModel::validate, py::arg("ndof"));
 
-    py::class_<AstrometryFitter>(m, "AstrometryFitter")
+    py::class_<AstrometryFitter> fitterClass(m, "AstrometryFitter");
+    defineFitterMethods(fitterClass
         .def(py::init([](Associations& a, AstrometryModel& model, double pedestal, std::string const& solver,
                          bool referencePmSign, bool removeAllOutliersPerPass) {
                  FitterOptions o;
@@ -486,52 +487,7 @@ void bindJointcal(py::module_& parent) {
              }),
              py::arg("associations"), py::arg("model"), py::arg("position_error_pedestal"), py::arg("solver"),
              py::arg("reference_pm_sign") = false, py::arg("remove_all_outliers_per_pass") = false,
-             py::keep_alive<1, 2>(), py::keep_alive<1, 3>())
-        .def(
-            "minimize",
-            [](AstrometryFitter& f, std::string const& what, double nSigmaCut, double tol, bool rank, bool ls) {
-                py::gil_scoped_release release;
-                return int(f.minimize(what, nSigmaCut, tol, rank, ls));
-            },
-            py::arg("what_to_fit"), py::arg("n_sigma_cut") = 0.0, py::arg("sigma_relative_tolerance") = 0.0,
-            py::arg("do_rank_update") = true, py::arg("do_line_search") = false)
-        .def("compute_chi2",
-             [](AstrometryFitter& f) {
-                 Chi2Result r;
-                 {
-                     py::gil_scoped_release release;
-                     r = f.computeChi2();
-                 }
-                 return py::make_tuple(r.chi2, r.ndof);
-             })
-        .def("term_chi2",
-             [](AstrometryFitter& f) {
-                 std::vector<double> meas, ref;
-                 {
-                     py::gil_scoped_release release;
-                     f.termChi2(meas, ref);
-                 }
-                 return py::make_tuple(toArray(meas), toArray(ref));
-             })
-        .def(
-            "compute_step",
-            [](AstrometryFitter& f, std::string const& what) {
-                Eigen::VectorXd d;
-                {
-                    py::gil_scoped_release release;
-                    d = f.computeStep(what);
-                }
-                py::array_t<double> out(d.size());
-                std::copy(d.data(), d.data() + d.size(), out.mutable_data());
-                return out;
-            },
-            py::arg("what_to_fit"))
-        .def(
-            "normal_equations",
-            [](AstrometryFitter& f, std::string const& what) { return normalEquationsOf(f, what); },
-            py::arg("what_to_fit"),
-            "Normal equations H delta = rhs at the current parameters for what_to_fit: (data, indices, indptr) "
-            "of the upper triangle of H in CSC form, and rhs.")
+             py::keep_alive<1, 2>(), py::keep_alive<1, 3>()))
         .def_property(
             "solver",
             [](AstrometryFitter const& f) { return f.solverKind() == SolverKind::Schur ? "schur" : "sparse"; },

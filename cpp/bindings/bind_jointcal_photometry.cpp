@@ -9,7 +9,7 @@
 #include <string>
 
 #include "diffcal/jointcal/photometry.hpp"
-#include "sparse_to_numpy.hpp"
+#include "fitter_bindings.hpp"
 
 namespace py = pybind11;
 
@@ -159,7 +159,8 @@ void bindJointcalPhotometry(py::module_& parent) {
             },
             py::arg("ndof"), "Why validate(ndof) fails ('' when valid)");
 
-    py::class_<PhotometryFitter>(m, "PhotometryFitter")
+    py::class_<PhotometryFitter> fitterClass(m, "PhotometryFitter");
+    defineFitterMethods(fitterClass
         .def(py::init([](Associations& a, PhotometryModel& model, std::string const& solver, bool allPerPass) {
                  PhotometryFitterOptions o;
                  o.solver = parseSolver(solver);
@@ -167,52 +168,7 @@ void bindJointcalPhotometry(py::module_& parent) {
                  return std::make_unique<PhotometryFitter>(a, model, o);
              }),
              py::arg("associations"), py::arg("model"), py::arg("solver") = "schur",
-             py::arg("remove_all_outliers_per_pass") = false, py::keep_alive<1, 2>(), py::keep_alive<1, 3>())
-        .def(
-            "minimize",
-            [](PhotometryFitter& f, std::string const& what, double nSigmaCut, double tol, bool rank, bool ls) {
-                py::gil_scoped_release release;
-                return int(f.minimize(what, nSigmaCut, tol, rank, ls));
-            },
-            py::arg("what_to_fit"), py::arg("n_sigma_cut") = 0.0, py::arg("sigma_relative_tolerance") = 0.0,
-            py::arg("do_rank_update") = true, py::arg("do_line_search") = false)
-        .def("compute_chi2",
-             [](PhotometryFitter& f) {
-                 Chi2Result r;
-                 {
-                     py::gil_scoped_release release;
-                     r = f.computeChi2();
-                 }
-                 return py::make_tuple(r.chi2, r.ndof);
-             })
-        .def("term_chi2",
-             [](PhotometryFitter& f) {
-                 std::vector<double> meas, ref;
-                 {
-                     py::gil_scoped_release release;
-                     f.termChi2(meas, ref);
-                 }
-                 return py::make_tuple(asArray(meas), asArray(ref));
-             })
-        .def(
-            "compute_step",
-            [](PhotometryFitter& f, std::string const& what) {
-                Eigen::VectorXd d;
-                {
-                    py::gil_scoped_release release;
-                    d = f.computeStep(what);
-                }
-                py::array_t<double> out(d.size());
-                std::copy(d.data(), d.data() + d.size(), out.mutable_data());
-                return out;
-            },
-            py::arg("what_to_fit"))
-        .def(
-            "normal_equations",
-            [](PhotometryFitter& f, std::string const& what) { return normalEquationsOf(f, what); },
-            py::arg("what_to_fit"),
-            "Normal equations H delta = rhs at the current parameters for what_to_fit: (data, indices, indptr) "
-            "of the upper triangle of H in CSC form, and rhs.")
+             py::arg("remove_all_outliers_per_pass") = false, py::keep_alive<1, 2>(), py::keep_alive<1, 3>()))
         .def_property(
             "solver", [](PhotometryFitter const& f) { return f.solverKind() == SolverKind::Schur ? "schur" : "sparse"; },
             [](PhotometryFitter& f, std::string const& s) { f.setSolverKind(parseSolver(s)); })
