@@ -128,17 +128,10 @@ class CmdLineTaskMixin:
         if configName is None:
             return
         config = self.config  # type: ignore[attr-defined]
-        if clobber:
-            butler.put(config, configName, doBackup=doBackup)
+        oldConfig = _putOrGetStored(butler, config, configName, clobber, doBackup,
+                                    "Unable to read stored config {name!r} ({exc}); consider using --clobber-config")
+        if oldConfig is None:
             return
-        if not butler.datasetExists(configName):
-            butler.put(config, configName)
-            return
-        try:
-            oldConfig = butler.get(configName)
-        except Exception as exc:
-            raise _withHint(exc, f"Unable to read stored config {configName!r} ({exc}); "
-                                 "consider using --clobber-config") from exc
         differences: list[str] = []
         if not config.compare(oldConfig, shortcut=False, output=differences.append):
             for message in differences:
@@ -195,17 +188,11 @@ class CmdLineTaskMixin:
             lists ``name: stored vs current`` for each.
         """
         packages = getPackageVersions()
-        if clobber:
-            butler.put(packages, dataset, doBackup=doBackup)
+        old = _putOrGetStored(butler, packages, dataset, clobber, doBackup,
+                              "Unable to read stored version dataset {name!r} ({exc}); "
+                              "consider using --clobber-versions or --no-versions")
+        if old is None:
             return
-        if not butler.datasetExists(dataset):
-            butler.put(packages, dataset)
-            return
-        try:
-            old = butler.get(dataset)
-        except Exception as exc:
-            raise _withHint(exc, f"Unable to read stored version dataset {dataset!r} ({exc}); "
-                                 "consider using --clobber-versions or --no-versions") from exc
         diff = {k: (packages[k], old[k]) for k in sorted(packages.keys() & old.keys()) if packages[k] != old[k]}
         if diff:
             text = "; ".join(f"{name}: {stored} vs {current}" for name, (current, stored) in diff.items())
@@ -310,6 +297,22 @@ class CmdLineTaskMixin:
                 item.result = result
             resultList.append(item)
         return Struct(argumentParser=parser, parsedCmd=parsedCmd, taskRunner=None, resultList=resultList)
+
+
+def _putOrGetStored(butler: Any, obj: Any, name: str, clobber: bool, doBackup: bool, hint: str) -> Any:
+    """Store ``obj`` as ``name`` when clobbering (with a backup if asked) or when nothing is stored yet,
+    and return None; otherwise return the stored object for comparison. An unreadable stored object
+    re-raises its error with ``hint`` (formatted with ``name`` and ``exc``)."""
+    if clobber:
+        butler.put(obj, name, doBackup=doBackup)
+        return None
+    if not butler.datasetExists(name):
+        butler.put(obj, name)
+        return None
+    try:
+        return butler.get(name)
+    except Exception as exc:
+        raise _withHint(exc, hint.format(name=name, exc=exc)) from exc
 
 
 def _withHint(exc: Exception, message: str) -> Exception:
