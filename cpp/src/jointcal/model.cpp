@@ -1,11 +1,13 @@
 #include "diffcal/jointcal/model.hpp"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <limits>
 #include <map>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 #include "diffcal/parallel.hpp"
 
@@ -343,39 +345,83 @@ void AstrometryModel::transform(std::size_t ccd, double const* P, double x, doub
     }
 }
 
-void AstrometryModel::linearChange(std::size_t ccd, double const* lin, double const* dCoefA, double const* dCoefB,
-                                   double* dOut) const {
+void AstrometryModel::transformBatch(std::size_t ccd, double const* P, double const* x, double const* y, double* out0,
+                                     double* out1, double (*jacPix)[kPolyBatch]) const {
+    constexpr int B = kPolyBatch;
     CcdMapping const& map = _mappings[ccd];
-    double mono[(kMaxPolyOrder + 1) * (kMaxPolyOrder + 2) / 2];
-    auto poly = [&](MappingBlock const& b, double const* c, double t0, double t1, double* o) {
-        int const fo = b.effectiveFitOrder();
-        int const nmf = nMonomials(fo);
-        evalMonomials(fo, t0, t1, mono);
-        double ox = 0.0, oy = 0.0;
-        for (int k = 0; k < nmf; ++k) {
-            ox += c[k] * mono[k];
-            oy += c[nmf + k] * mono[k];
+    double u[B], v[B];
+    for (int j = 0; j < B; ++j) {
+        u[j] = (x[j] - map.x0) * map.sx;
+        v[j] = (y[j] - map.y0) * map.sy;
+    }
+    MappingBlock const& a = _blocks[std::size_t(map.blockA)];
+    if (_kind == AstrometryModelKind::Simple) {
+        evalPolyMappingBatch(a.order, P + a.offset, u, v, out0, out1, jacPix);
+        for (int j = 0; j < B; ++j) {
+            jacPix[0][j] *= map.sx;
+            jacPix[1][j] *= map.sy;
+            jacPix[2][j] *= map.sx;
+            jacPix[3][j] *= map.sy;
         }
-        o[0] = ox;
-        o[1] = oy;
-    };
-    dOut[0] = dOut[1] = 0.0;
+        return;
+    }
+    MappingBlock const& b = _blocks[std::size_t(map.blockB)];
+    double f0[B], f1[B], jc[4][B], jv[4][B];
+    evalPolyMappingBatch(a.order, P + a.offset, u, v, f0, f1, jc);
+    double const s = 1.0 / _focalScale;
+    for (int j = 0; j < B; ++j) {
+        f0[j] *= s;
+        f1[j] *= s;
+    }
+    evalPolyMappingBatch(b.order, P + b.offset, f0, f1, out0, out1, jv);
+    for (int j = 0; j < B; ++j) {
+        // d out/d pixel = Jv * s * Jc * diag(sx, sy), as transform
+        double const m00 = s * (jv[0][j] * jc[0][j] + jv[1][j] * jc[2][j]);
+        double const m01 = s * (jv[0][j] * jc[1][j] + jv[1][j] * jc[3][j]);
+        double const m10 = s * (jv[2][j] * jc[0][j] + jv[3][j] * jc[2][j]);
+        double const m11 = s * (jv[2][j] * jc[1][j] + jv[3][j] * jc[3][j]);
+        jacPix[0][j] = m00 * map.sx;
+        jacPix[1][j] = m01 * map.sy;
+        jacPix[2][j] = m10 * map.sx;
+        jacPix[3][j] = m11 * map.sy;
+    }
+}
+
+void AstrometryModel::linearChangeBatch(std::size_t ccd, double const* const* lin, double const* dCoefA,
+                                        double const* dCoefB, double* dOut0, double* dOut1) const {
+    constexpr int B = kPolyBatch;
+    CcdMapping const& map = _mappings[ccd];
+    for (int j = 0; j < B; ++j) dOut0[j] = dOut1[j] = 0.0;
+    double t0[B], t1[B], q0[B], q1[B];
     if (map.blockA >= 0 && dCoefA) {
-        double q[2];
-        poly(_blocks[std::size_t(map.blockA)], dCoefA, lin[0], lin[1], q);
+        for (int j = 0; j < B; ++j) {
+            t0[j] = lin[j][0];
+            t1[j] = lin[j][1];
+        }
+        evalPolyValuesBatch(_blocks[std::size_t(map.blockA)].effectiveFitOrder(), dCoefA, t0, t1, q0, q1);
         if (_kind == AstrometryModelKind::Simple) {
-            dOut[0] += q[0];
-            dOut[1] += q[1];
+            for (int j = 0; j < B; ++j) {
+                dOut0[j] += q0[j];
+                dOut1[j] += q1[j];
+            }
         } else {
-            dOut[0] += lin[4] * q[0] + lin[5] * q[1];
-            dOut[1] += lin[6] * q[0] + lin[7] * q[1];
+            for (int j = 0; j < B; ++j) {
+                double const* l = lin[j];
+                dOut0[j] += l[4] * q0[j] + l[5] * q1[j];
+                dOut1[j] += l[6] * q0[j] + l[7] * q1[j];
+            }
         }
     }
     if (map.blockB >= 0 && dCoefB) {
-        double q[2];
-        poly(_blocks[std::size_t(map.blockB)], dCoefB, lin[2], lin[3], q);
-        dOut[0] += q[0];
-        dOut[1] += q[1];
+        for (int j = 0; j < B; ++j) {
+            t0[j] = lin[j][2];
+            t1[j] = lin[j][3];
+        }
+        evalPolyValuesBatch(_blocks[std::size_t(map.blockB)].effectiveFitOrder(), dCoefB, t0, t1, q0, q1);
+        for (int j = 0; j < B; ++j) {
+            dOut0[j] += q0[j];
+            dOut1[j] += q1[j];
+        }
     }
 }
 

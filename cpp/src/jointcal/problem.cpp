@@ -182,6 +182,16 @@ View Problem::viewOf(State const& s, std::vector<StarVec>& storage) const {
 
 namespace {
 
+/// chi2 of residual r with covariance (c00, c01, c11): r^T C^-1 r with the explicit 2x2 inverse (as the
+/// reference; one division, not the dependent chain of square roots and divisions of a whitening). NaN when
+/// C is not positive definite or the result is not finite.
+inline double chi2Term(double r0, double r1, double c00, double c01, double c11) {
+    double const det = c00 * c11 - c01 * c01;
+    double const chi2 = (c11 * r0 * r0 - 2.0 * c01 * r0 * r1 + c00 * r1 * r1) / det;
+    bool const ok = c00 > 0.0 && det > 0.0 && std::isfinite(det) && std::isfinite(chi2);
+    return ok ? chi2 : std::numeric_limits<double>::quiet_NaN();
+}
+
 /// Cholesky of a 2x2 covariance (c00, c01, c11) -> (l00, l10, l11); false if not positive definite.
 inline bool chol2(double c00, double c01, double c11, double& l00, double& l10, double& l11) {
     if (!(c00 > 0.0) || !std::isfinite(c00)) return false;
@@ -195,14 +205,12 @@ inline bool chol2(double c00, double c01, double c11, double& l00, double& l10, 
 
 }  // namespace
 
-bool Problem::evalMeas(std::size_t k, View const& v, bool jac, MeasEval& out, double* work, double* lin) const {
+bool Problem::projectStar(std::size_t k, View const& v, double& px, double& py, double* jp) const {
     auto const& m = assoc.measured();
     auto const c = std::size_t(m.ccd[k]);
     auto const f = std::size_t(m.fitted[k]);
     CcdMapping const& map = model.mappings()[c];
     Gnomonic const& tp = model.visitTangentPlanes()[std::size_t(map.visitIndex)];
-    double px, py, jp[4];
-    bool ok;
     StarVec const& s = v.sv[f];
     if (s.pmNorm > 0.0) {
         // great-circle move by theta = |pm| dt along pm (as applyProperMotion), with the short series of
@@ -214,10 +222,16 @@ bool Problem::evalMeas(std::size_t k, View const& v, bool jac, MeasEval& out, do
         double const sOverPm = dt * (1.0 - th2 / 6.0 + th2 * th2 / 120.0);
         double const pp[3] = {cth * s.p[0] + sOverPm * s.pm[0], cth * s.p[1] + sOverPm * s.pm[1],
                               cth * s.p[2] + sOverPm * s.pm[2]};
-        ok = tp.projectUnit(pp, s.dpr, s.dpd, px, py, jac ? jp : nullptr);
-    } else {
-        ok = tp.projectUnit(s.p, s.dpr, s.dpd, px, py, jac ? jp : nullptr);
+        return tp.projectUnit(pp, s.dpr, s.dpd, px, py, jp);
     }
+    return tp.projectUnit(s.p, s.dpr, s.dpd, px, py, jp);
+}
+
+bool Problem::evalMeas(std::size_t k, View const& v, bool jac, MeasEval& out, double* work, double* lin) const {
+    auto const& m = assoc.measured();
+    auto const c = std::size_t(m.ccd[k]);
+    double px, py, jp[4];
+    bool const ok = projectStar(k, v, px, py, jac ? jp : nullptr);
     if (!ok) return false;
     double mo[2], jpix[4];
     double dA[kMaxBlockParams * 2], dB[kMaxBlockParams * 2];
@@ -242,6 +256,11 @@ bool Problem::evalMeas(std::size_t k, View const& v, bool jac, MeasEval& out, do
     double const c00 = t00 * jpix[0] + t01 * jpix[1];
     double const c01 = t00 * jpix[2] + t01 * jpix[3];
     double const c11 = t10 * jpix[2] + t11 * jpix[3];
+    if (!jac) {
+        out.e[0] = out.e[1] = std::numeric_limits<double>::quiet_NaN();
+        out.chi2 = chi2Term(r0, r1, c00, c01, c11);
+        return !std::isnan(out.chi2);
+    }
     double l00 = 0.0, l10 = 0.0, l11 = 0.0;
     if (!chol2(c00, c01, c11, l00, l10, l11)) return false;
     double const i00 = 1.0 / l00, i11 = 1.0 / l11;
@@ -363,7 +382,7 @@ void Problem::accumulateStar(int f, View const& v, bool withModel, bool withRhs,
     for (std::size_t i = b0; i < b1; ++i) {
         auto const k = std::size_t(starMeas[i]);
         if (!m.valid[k] || excluded(std::int64_t(k))) continue;
-        if (!evalMeas(k, v, true, ev, work, linOut ? linOut + std::ptrdiff_t(kLinSize) * std::ptrdiff_t(i) : nullptr))
+        if (!evalMeas(k, v, true, ev, work, linOut ? linOut + std::ptrdiff_t(kLinSize) * std::ptrdiff_t(k) : nullptr))
             continue;
         double const* As = ev.As;
         acc.H[0] += As[0] * As[0] + As[1] * As[1];
@@ -421,20 +440,65 @@ Chi2Result Problem::chi2(View const& v, std::vector<double>* measChi2, std::vect
     parallelFor(std::ptrdiff_t(ccds.size()), [&](std::ptrdiff_t ci) {
         auto const c = std::size_t(ci);
         if (!model.hasMapping(c)) return;
-        MeasEval ev;
-        double work[kWorkSize];
+        // kPolyBatch measurements at a time: star projections one by one, then the mapping and the chi2 terms
+        // in loops over the batch (vectorised); the same arithmetic, and order of the sum, as evalMeas
+        constexpr int B = kPolyBatch;
         double s = 0.0;
         std::int64_t n = 0, bad = 0;
-        for (std::int64_t kk = ccds[c].measBegin; kk < ccds[c].measEnd; ++kk) {
-            auto const k = std::size_t(kk);
-            if (!m.inFit[k] || !m.valid[k]) continue;
-            if (!evalMeas(k, v, false, ev, work)) {
-                ++bad;
-                continue;
+        std::int64_t const end = ccds[c].measEnd;
+        double const p2 = opts.positionErrorPedestal * opts.positionErrorPedestal;
+        bool const constant = constantMapping[c] != 0;
+        auto const& cd = assoc.ccdImages()[c].wcs.cd;
+        std::int64_t kk = ccds[c].measBegin;
+        while (kk < end) {
+            std::size_t idx[B];
+            double xs[B], ys[B], pxs[B], pys[B];
+            int nb = 0;
+            for (; kk < end && nb < B; ++kk) {
+                auto const k = std::size_t(kk);
+                // the star vectors are read in random order: ask for one a few measurements ahead
+                if (kk + 8 < end) __builtin_prefetch(&v.sv[std::size_t(m.fitted[k + 8])]);
+                if (!m.inFit[k] || !m.valid[k]) continue;
+                if (!projectStar(k, v, pxs[nb], pys[nb], nullptr)) {
+                    ++bad;
+                    continue;
+                }
+                idx[nb] = k;
+                xs[nb] = m.x[k];
+                ys[nb] = m.y[k];
+                ++nb;
             }
-            s += ev.chi2;
-            ++n;
-            if (measChi2) (*measChi2)[k] = ev.chi2;
+            if (nb == 0) continue;
+            for (int j = nb; j < B; ++j) {  // padding lanes (results unused)
+                xs[j] = xs[0];
+                ys[j] = ys[0];
+            }
+            double mo0[B], mo1[B], jpix[4][B];
+            model.transformBatch(c, v.model, xs, ys, mo0, mo1, jpix);
+            if (constant)
+                for (int i = 0; i < 4; ++i)
+                    for (int j = 0; j < B; ++j) jpix[i][j] = cd[std::size_t(i)];
+            double chi2[B];
+            for (int j = 0; j < nb; ++j) {
+                std::size_t const k = idx[j];
+                double const r0 = pxs[j] - mo0[j], r1 = pys[j] - mo1[j];
+                double const v00 = m.vx[k] + p2, v11 = m.vy[k] + p2, v01 = m.vxy[k];
+                double const t00 = jpix[0][j] * v00 + jpix[1][j] * v01, t01 = jpix[0][j] * v01 + jpix[1][j] * v11;
+                double const t10 = jpix[2][j] * v00 + jpix[3][j] * v01, t11 = jpix[2][j] * v01 + jpix[3][j] * v11;
+                double const c00 = t00 * jpix[0][j] + t01 * jpix[1][j];
+                double const c01 = t00 * jpix[2][j] + t01 * jpix[3][j];
+                double const c11 = t10 * jpix[2][j] + t11 * jpix[3][j];
+                chi2[j] = chi2Term(r0, r1, c00, c01, c11);
+            }
+            for (int j = 0; j < nb; ++j) {
+                if (std::isnan(chi2[j])) {
+                    ++bad;
+                    continue;
+                }
+                s += chi2[j];
+                ++n;
+                if (measChi2) (*measChi2)[idx[j]] = chi2[j];
+            }
         }
         sums[c] = s;
         counts[c] = n;

@@ -108,9 +108,9 @@ public:
 
     std::vector<std::int64_t> starMeasStart, starMeas;  ///< in-fit measurements of each fitted star (CSR)
     std::vector<std::uint8_t> constantMapping;          ///< per CcdImage: order-0 simple mapping
-    /// When set, accumulateStar stores kLinSize numbers per measurement at linOut + kLinSize * i, i its
-    /// position in the star CSR (starMeas): the model linearisation point (8, see
-    /// AstrometryModel::linearChange), the whitening factor (l00, l10, l11) and the whitened star Jacobian As.
+    /// When set, accumulateStar stores kLinSize numbers per measurement k at linOut + kLinSize * k: the model
+    /// linearisation point (8, see AstrometryModel::linearChangeBatch), the whitening factor (l00, l10, l11) and the
+    /// whitened star Jacobian As.
     double* linOut = nullptr;
 
     void assignIndices(WhatToFit const& what);
@@ -122,6 +122,11 @@ public:
     View current(std::vector<StarVec>& storage) const;
     View viewOf(State const& s, std::vector<StarVec>& storage) const;
 
+    /// Position of measurement k's fitted star (proper motion applied) in its visit's tangent plane (deg), with
+    /// (jp) d/d(ra, dec) per radian; false when the star is not in front of the tangent plane.
+    bool projectStar(std::size_t k, View const& v, double& px, double& py, double* jp) const;
+    /// Whitened residual, chi2 and (jac) derivatives of measurement k; without jac only out.chi2 is set (by the
+    /// explicit inverse covariance; e is NaN). False when the term cannot be evaluated.
     bool evalMeas(std::size_t k, View const& v, bool jac, MeasEval& out, double* work, double* lin = nullptr) const;
     bool evalRef(std::size_t f, View const& v, bool jac, RefEval& out) const;
 

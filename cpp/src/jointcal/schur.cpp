@@ -182,6 +182,8 @@ public:
                 return true;
             };
             for (std::int64_t k : kv.second) {
+                // the back-substitution skips the removed term from now on
+                if (!linData.empty()) linData[std::size_t(kLinSize * k + 8)] = std::numeric_limits<double>::quiet_NaN();
                 if (!pb.evalMeas(std::size_t(k), v0, true, ev, work)) continue;
                 Eigen::Matrix2d Us;  // rows: star parameters, columns: residual components
                 Us << ev.As[0], ev.As[1], ev.As[2], ev.As[3];
@@ -210,11 +212,11 @@ public:
     ~SchurSystem() override {
         pb.log.debug("Schur solver: seconds in back-substitution " + std::to_string(tBack) + ", PCG corrections " +
                      std::to_string(tCorr) + ", PCG triangular solves " + std::to_string(tTrsv) +
-                     ", rhs reduction " + std::to_string(tReduce));
+                     ", rhs reduction " + std::to_string(tReduce) + ", factorizations " + std::to_string(tFactor));
     }
 
 private:
-    double tBack = 0.0;
+    double tBack = 0.0, tFactor = 0.0;
     mutable double tCorr = 0.0, tTrsv = 0.0, tReduce = 0.0;
     static double since(std::chrono::steady_clock::time_point t0) {
         return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -234,6 +236,7 @@ private:
     std::vector<std::array<int, 2>> cRun;
     std::vector<double> cV;
     std::int64_t cEntries = 0;
+    mutable double corrWork = 0.0;  // correction entries processed by PCG products since the last factorization
 
     bool lostStar(int ks) {
         message = "after outlier rejection " + pb.describeParam(nM + 2 * std::int64_t(ks)) +
@@ -273,15 +276,24 @@ private:
             for (int i = 0; i < cRun[r][1]; ++i) rows.push_back(cRun[r][0] + i);
     }
 
-    /// Past this size the downdates cost about as much as a dense product per PCG iteration: fold them in.
+    /// Fold the downdates into the factorization once the PCG products with them have cost, since the last
+    /// factorization, about as much as a new factorization (nM^3 / 3 flops; one correction entry in one
+    /// product costs about kFlopsPerEntry, measured): with downdates growing linearly from pass to pass this
+    /// rule minimises the total (the cost of a period F is a F^2 / 2 + C, optimal at F^2 a / 2 = C), and it
+    /// also keeps the PCG iteration count low. Also folded when the downdates outgrow half a dense matrix.
+    /// The rule counts work, not time: results do not depend on the machine's speed.
     bool maybeFold() {
-        if (double(cEntries) > 0.5 * double(nM) * double(nM)) return consolidate();
+        constexpr double kFlopsPerEntry = 80.0;
+        double const factorFlops = double(nM) * double(nM) * double(nM) / 3.0;
+        if (double(cEntries) > 0.5 * double(nM) * double(nM) || kFlopsPerEntry * corrWork > factorFlops)
+            return consolidate();
         return true;
     }
 
     /// y -= sum_c Vc Vc^T x.
     void corrTimes(Eigen::VectorXd const& x, Eigen::VectorXd& y) const {
         auto const t0 = std::chrono::steady_clock::now();
+        corrWork += double(cEntries);
         corrTimesImpl(x, y);
         tCorr += since(t0);
     }
@@ -332,20 +344,30 @@ private:
     mutable std::vector<Eigen::VectorXd> partial;
 
     /// Fold the downdates into S and refactorize.
+    /// The columns of S are split into fixed ranges, each updated by one task going through the corrections
+    /// in order: every entry sees the same sequence of operations for any thread count.
     bool consolidate() {
         std::size_t const nc = nCorrections();
-        std::vector<int> rows;
-        for (std::size_t c = 0; c < nc; ++c) {
-            correctionRows(c, rows);
-            std::size_t const n = rows.size();
-            double const* v0 = cV.data() + cVStart[c];
-            double const* v1 = v0 + n;
-            for (std::size_t q = 0; q < n; ++q) {
-                double const a0 = v0[q], a1 = v1[q];
-                double* col = S.data() + std::ptrdiff_t(rows[q]) * nM;
-                for (std::size_t r = q; r < n; ++r) col[rows[r]] -= v0[r] * a0 + v1[r] * a1;
+        std::ptrdiff_t const nRanges = 32;
+        parallelFor(nRanges, [&](std::ptrdiff_t t) {
+            int const j0 = int(std::int64_t(nM) * t / nRanges), j1 = int(std::int64_t(nM) * (t + 1) / nRanges);
+            std::vector<int> rows;
+            for (std::size_t c = 0; c < nc; ++c) {
+                // rows are increasing: skip corrections without a column in [j0, j1)
+                auto const r0 = std::size_t(cRunStart[c]), r1 = std::size_t(cRunStart[c + 1]);
+                if (cRun[r0][0] >= j1 || cRun[r1 - 1][0] + cRun[r1 - 1][1] <= j0) continue;
+                correctionRows(c, rows);
+                std::size_t const n = rows.size();
+                double const* v0 = cV.data() + cVStart[c];
+                double const* v1 = v0 + n;
+                std::size_t const q0 = std::size_t(std::lower_bound(rows.begin(), rows.end(), j0) - rows.begin());
+                for (std::size_t q = q0; q < n && rows[q] < j1; ++q) {
+                    double const a0 = v0[q], a1 = v1[q];
+                    double* col = S.data() + std::ptrdiff_t(rows[q]) * nM;
+                    for (std::size_t r = q; r < n; ++r) col[rows[r]] -= v0[r] * a0 + v1[r] * a1;
+                }
             }
-        }
+        });
         pb.log.debug("Schur solver: folded " + std::to_string(nc) + " downdates into the reduced matrix");
         clearCorrections();
         return factor();
@@ -464,7 +486,7 @@ private:
         Hs.assign(nS, {0.0, 0.0, 0.0});
         if (nM > 0) starReduction.setZero(nM);
         if (nM > 0) {
-            linData.assign(pb.starMeas.size() * std::size_t(kLinSize), std::numeric_limits<double>::quiet_NaN());
+            linData.assign(pb.assoc.measured().size() * std::size_t(kLinSize), std::numeric_limits<double>::quiet_NaN());
             pb.linOut = linData.data();
         }
         auto const& blocks = pb.model.blocks();
@@ -543,8 +565,11 @@ private:
     }
 
     bool factor() {
+        corrWork = 0.0;
         Lf = S;
+        auto const t0 = std::chrono::steady_clock::now();
         std::ptrdiff_t const fail = denseCholeskyInPlace(Lf);
+        tFactor += since(t0);
         if (fail < 0) return true;
         std::ostringstream s;
         s << "Cholesky factorization of the reduced normal matrix failed (not positive definite) at "
@@ -618,11 +643,55 @@ private:
 
     /// delta_s = H_ss^-1 (rhs_s - G^T dm) for every fit star, with G^T dm = sum over the star's valid
     /// measurements of As^T (Am dm) and Am dm = -L^-1 (first-order change of the mapping), evaluated from the
-    /// per-measurement linearisation data of the build (no Jacobian recomputation).
+    /// per-measurement linearisation data of the build (no Jacobian recomputation). Two passes: the terms
+    /// As^T (Am dm) per CcdImage (its coefficient changes shared by kPolyBatch measurements at a time, data read
+    /// in storage order), then the sums per star (in the star's measurement order, as a single pass would).
     void backSubstitute(Eigen::VectorXd const& rhs, Eigen::VectorXd const& dm, Eigen::VectorXd& delta) {
         Layout const& L = pb.layout;
-        auto const& meas = pb.assoc.measured();
+        auto const& ccds = pb.assoc.ccdImages();
         std::size_t const nS = L.fitStars.size();
+        if (nM > 0) {
+            starTerm.resize(2 * pb.assoc.measured().size());
+            parallelFor(std::ptrdiff_t(ccds.size()), [&](std::ptrdiff_t ci) {
+                auto const c = std::size_t(ci);
+                CcdFit const& cf = L.ccd[c];
+                double const* dA = nullptr;
+                double const* dB = nullptr;
+                for (int j = 0; j < cf.n; ++j) {
+                    double const* d = dm.data() + L.blockFit[std::size_t(cf.block[j])];
+                    (cf.part[j] == 0 ? dA : dB) = d;
+                }
+                constexpr int B = kPolyBatch;
+                std::int64_t const end = ccds[c].measEnd;
+                std::int64_t k = ccds[c].measBegin;
+                while (k < end) {
+                    double const* lin[B];
+                    std::int64_t idx[B];
+                    int nb = 0;
+                    for (; k < end && nb < B; ++k) {
+                        double const* l = linData.data() + std::ptrdiff_t(kLinSize) * k;
+                        if (std::isnan(l[8])) {  // no term at the build, or removed since (downdate)
+                            starTerm[std::size_t(2 * k)] = starTerm[std::size_t(2 * k + 1)] = 0.0;
+                            continue;
+                        }
+                        lin[nb] = l;
+                        idx[nb] = k;
+                        ++nb;
+                    }
+                    if (nb == 0) continue;
+                    for (int j = nb; j < B; ++j) lin[j] = lin[0];  // padding lanes (results unused)
+                    double dM0[B], dM1[B];
+                    pb.model.linearChangeBatch(c, lin, dA, dB, dM0, dM1);
+                    for (int j = 0; j < nb; ++j) {
+                        double const* l = lin[j];
+                        double const e0 = -dM0[j] / l[8];
+                        double const e1 = (-dM1[j] - l[9] * e0) / l[10];
+                        starTerm[std::size_t(2 * idx[j])] = l[11] * e0 + l[12] * e1;
+                        starTerm[std::size_t(2 * idx[j] + 1)] = l[13] * e0 + l[14] * e1;
+                    }
+                }
+            });
+        }
         std::ptrdiff_t const sub = 256;
         std::ptrdiff_t const nTasks = std::ptrdiff_t((nS + std::size_t(sub) - 1) / std::size_t(sub));
         parallelFor(nTasks, [&](std::ptrdiff_t t) {
@@ -634,23 +703,8 @@ private:
                     auto const f = std::size_t(L.fitStars[k]);
                     for (std::int64_t i = pb.starMeasStart[f]; i < pb.starMeasStart[f + 1]; ++i) {
                         auto const km = std::size_t(pb.starMeas[std::size_t(i)]);
-                        if (!meas.valid[km]) continue;
-                        double const* lin = linData.data() + std::ptrdiff_t(kLinSize) * std::ptrdiff_t(i);
-                        if (std::isnan(lin[8])) continue;
-                        auto const c = std::size_t(meas.ccd[km]);
-                        CcdFit const& cf = L.ccd[c];
-                        double const* dA = nullptr;
-                        double const* dB = nullptr;
-                        for (int j = 0; j < cf.n; ++j) {
-                            double const* d = dm.data() + L.blockFit[std::size_t(cf.block[j])];
-                            (cf.part[j] == 0 ? dA : dB) = d;
-                        }
-                        double dM[2];
-                        pb.model.linearChange(c, lin, dA, dB, dM);
-                        double const e0 = -dM[0] / lin[8];
-                        double const e1 = (-dM[1] - lin[9] * e0) / lin[10];
-                        b0 -= lin[11] * e0 + lin[12] * e1;
-                        b1 -= lin[13] * e0 + lin[14] * e1;
+                        b0 -= starTerm[2 * km];
+                        b1 -= starTerm[2 * km + 1];
                     }
                 }
                 auto const& H = Hs[k];
@@ -660,6 +714,7 @@ private:
             }
         });
     }
+    std::vector<double> starTerm;  ///< As^T (Am dm) per measurement (0 without a term), back-substitution
 };
 
 }  // namespace

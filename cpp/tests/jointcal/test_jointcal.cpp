@@ -111,6 +111,30 @@ TEST_CASE("jointcal polynomial monomial order, derivatives and exact fit") {
     for (int k = 0; k < 20; ++k) CHECK(fit[k] == doctest::Approx(c[k]).epsilon(1e-10));
 }
 
+TEST_CASE("jointcal batched polynomial mappings equal the one-point evaluation bit for bit") {
+    std::mt19937 rng(7);
+    std::uniform_real_distribution<double> u(-1.5, 1.5);
+    for (int order = 0; order <= kMaxPolyOrder; ++order) {
+        std::vector<double> c(std::size_t(nPolyParams(order)));
+        for (auto& v : c) v = u(rng);
+        double x[kPolyBatch], y[kPolyBatch], o0[kPolyBatch], o1[kPolyBatch], jac[4][kPolyBatch];
+        for (int j = 0; j < kPolyBatch; ++j) {
+            x[j] = u(rng);
+            y[j] = u(rng);
+        }
+        evalPolyMappingBatch(order, c.data(), x, y, o0, o1, jac);
+        std::vector<double> work(std::size_t(3 * nMonomials(order)));
+        for (int j = 0; j < kPolyBatch; ++j) {
+            double out[2], jj[4];
+            evalPolyMapping(order, c.data(), x[j], y[j], out, jj, work.data());
+            CHECK(o0[j] == out[0]);
+            CHECK(o1[j] == out[1]);
+            for (int i = 0; i < 4; ++i) CHECK(jac[i][j] == jj[i]);
+        }
+    }
+    CHECK_THROWS_AS(evalMonomials(kMaxPolyOrder + 1, 0.0, 0.0, nullptr), std::invalid_argument);
+}
+
 TEST_CASE("jointcal dense Cholesky matches Eigen, reports the failing pivot, is thread-count independent") {
     int const n = 300;
     Eigen::MatrixXd B = Eigen::MatrixXd::Random(n, n + 20);
@@ -246,6 +270,22 @@ TEST_CASE("jointcal fitter - Schur and sparse steps agree and both models conver
         FitterOptions opt;
         opt.solver = SolverKind::Schur;
         opt.positionErrorPedestal = 0.0;  // the simulated noise is exactly the reported error
+        // the batched transform equals the one-point transform bit for bit
+        for (std::size_t ci = 0; ci < s.ccds.size(); ++ci) {
+            double x[kPolyBatch], y[kPolyBatch], o0[kPolyBatch], o1[kPolyBatch], jac[4][kPolyBatch];
+            for (int j = 0; j < kPolyBatch; ++j) {
+                x[j] = 100.0 + 250.0 * j;
+                y[j] = 1900.0 - 230.0 * j;
+            }
+            model.transformBatch(ci, model.params().data(), x, y, o0, o1, jac);
+            for (int j = 0; j < kPolyBatch; ++j) {
+                double out[2], jj[4];
+                model.transform(ci, model.params().data(), x[j], y[j], out, jj);
+                CHECK(o0[j] == out[0]);
+                CHECK(o1[j] == out[1]);
+                for (int i = 0; i < 4; ++i) CHECK(jac[i][j] == jj[i]);
+            }
+        }
         AstrometryFitter fitter(assoc, model, opt);
         for (char const* what : {"Distortions", "Positions", "Distortions Positions"}) {
             fitter.setSolverKind(SolverKind::Schur);

@@ -95,16 +95,22 @@ public:
     /// jacPix (optional) receives d(out)/d(pixel), row-major 2x2.
     void transform(std::size_t ccd, double const* P, double x, double y, double* out, double* jacPix) const;
 
+    /// transform with jacPix at kPolyBatch pixel positions of CcdImage ccd (same arithmetic per point):
+    /// out0/out1 the tangent-plane positions, jacPix[4][kPolyBatch] the row-major Jacobians.
+    void transformBatch(std::size_t ccd, double const* P, double const* x, double const* y, double* out0,
+                        double* out1, double (*jacPix)[kPolyBatch]) const;
+
     /// Same plus parameter derivatives: dA (2 x size(blockA), column-major) and, for the constrained model,
     /// dB (2 x size(blockB), column-major). work must hold 6 * nMonomials(maxOrder) doubles.
     void transformWithDerivatives(std::size_t ccd, double const* P, double x, double y, double* out, double* jacPix,
                                   double* dA, double* dB, double* work, double* lin = nullptr) const;
 
-    /// Change of the mapping output for parameter changes: block A (and B) coefficients dA (dB), fitted
-    /// coefficients only (see MappingBlock::paramIndex), at the linearisation point lin written by
-    /// transformWithDerivatives (normalised pixel, normalised focal position, scaled visit Jacobian).
-    void linearChange(std::size_t ccd, double const* lin, double const* dCoefA, double const* dCoefB,
-                      double* dOut) const;
+    /// First-order change of the mapping output of CcdImage ccd for coefficient changes of block A (and B)
+    /// dCoefA (dCoefB; fitted coefficients only, see MappingBlock::paramIndex; nullptr: not fitted), at
+    /// kPolyBatch linearisation points lin[j] written by transformWithDerivatives (normalised pixel,
+    /// normalised focal position, scaled visit Jacobian): dOut0[j], dOut1[j].
+    void linearChangeBatch(std::size_t ccd, double const* const* lin, double const* dCoefA, double const* dCoefB,
+                           double* dOut0, double* dOut1) const;
 
     int maxOrder() const;
 
