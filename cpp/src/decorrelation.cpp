@@ -26,19 +26,57 @@ constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 constexpr double kInf = std::numeric_limits<double>::infinity();
 
 /// An rfft buffer whose memory is not zeroed on allocation (every user writes all of it first;
-/// the first touch then happens in parallel inside the fill).
+/// the first touch then happens in parallel inside the fill). Buffers up to kPooledBytes are kept
+/// by the thread for its next cell (the spatial decorrelation runs hundreds of cells per thread:
+/// fresh allocations of this size come from new pages, which the kernel zero-fills every time).
 class Buffer {
 public:
-    explicit Buffer(std::ptrdiff_t n) : p_(static_cast<Complex*>(::operator new[](sizeof(Complex) * static_cast<std::size_t>(n)))) {}
-    Complex* data() const { return p_.get(); }
+    explicit Buffer(std::ptrdiff_t n) : n_(static_cast<std::size_t>(n)) {
+        auto& pool = threadPool();
+        for (auto it = pool.items.begin(); it != pool.items.end(); ++it) {
+            if (it->n == n_) {
+                p_ = it->p;
+                pool.items.erase(it);
+                return;
+            }
+        }
+        p_ = static_cast<Complex*>(::operator new[](sizeof(Complex) * n_));
+    }
+    Buffer(Buffer const&) = delete;
+    Buffer& operator=(Buffer const&) = delete;
+    ~Buffer() { reset(); }
+    Complex* data() const { return p_; }
     Complex& operator[](std::size_t i) const { return p_[i]; }
-    void reset() { p_.reset(); }
+    void reset() {
+        if (!p_) return;
+        auto& pool = threadPool();
+        if (n_ * sizeof(Complex) <= kPooledBytes && pool.items.size() < kPooledBuffers) {
+            pool.items.push_back({n_, p_});
+        } else {
+            ::operator delete[](p_);
+        }
+        p_ = nullptr;
+    }
 
 private:
-    struct Free {
-        void operator()(Complex* p) const { ::operator delete[](p); }
+    static constexpr std::size_t kPooledBytes = std::size_t(4) << 20;
+    static constexpr std::size_t kPooledBuffers = 4;
+    struct Item {
+        std::size_t n;
+        Complex* p;
     };
-    std::unique_ptr<Complex[], Free> p_;
+    struct Pool {
+        std::vector<Item> items;
+        ~Pool() {
+            for (auto const& i : items) ::operator delete[](i.p);
+        }
+    };
+    static Pool& threadPool() {
+        thread_local Pool pool;
+        return pool;
+    }
+    std::size_t n_;
+    Complex* p_ = nullptr;
 };
 
 void forTasks(std::ptrdiff_t n, bool parallel, std::function<void(std::ptrdiff_t)> const& body) {
@@ -253,6 +291,37 @@ void sparseBlockSpectrum(SparseRows const& s, RealFft2d const& plan, std::ptrdif
     plan.columnTransform(block, bw, false, work);
 }
 
+/// |FFT(kernel)|^2 on one grid (rows x spectrumCols), for the last kernel seen by this thread.
+struct KernelPowerCache {
+    std::vector<double> kernel;
+    std::ptrdiff_t kh = 0, kw = 0;
+    Shape2 shape{0, 0};
+    std::vector<double> power;
+    bool matches(ImageView<const double> k, Shape2 s) const {
+        if (!(s == shape) || k.height != kh || k.width != kw) return false;
+        for (std::ptrdiff_t y = 0; y < kh; ++y)
+            for (std::ptrdiff_t x = 0; x < kw; ++x)
+                if (!(k(y, x) == kernel[std::size_t(y * kw + x)])) return false;
+        return true;
+    }
+    void reset(ImageView<const double> k, Shape2 s, std::size_t n) {
+        kh = k.height;
+        kw = k.width;
+        shape = s;
+        kernel.resize(std::size_t(kh * kw));
+        for (std::ptrdiff_t y = 0; y < kh; ++y)
+            for (std::ptrdiff_t x = 0; x < kw; ++x) kernel[std::size_t(y * kw + x)] = k(y, x);
+        power.assign(n, 0.0);
+    }
+};
+
+constexpr std::ptrdiff_t kMaxCachedPower = std::ptrdiff_t(1) << 19;  // 4 MiB of doubles
+
+KernelPowerCache& kernelPowerCache() {
+    thread_local KernelPowerCache cache;
+    return cache;
+}
+
 /// Run body(x0, bw, blockScratch, work) for every column block, on a fixed split into tasks.
 void forColumnBlocks(RealFft2d const& plan, bool parallel, int nScratch,
                      std::function<void(std::ptrdiff_t, std::ptrdiff_t, std::ptrdiff_t, Complex**, Complex*)> const& body) {
@@ -272,8 +341,9 @@ void forColumnBlocks(RealFft2d const& plan, bool parallel, int nScratch,
 
 /// Multiply the 2-D spectrum of an rfft buffer (real samples in, filtered samples out) by a real
 /// half-spectrum filter: rows forward, then per column block forward, multiply, inverse (one
-/// pass over the data instead of three), then rows inverse.
-void filterInPlace(RealFft2d const& plan, Complex* buf, std::vector<double> const& filter, bool parallel) {
+/// pass over the data instead of three), then rows inverse (of the rows [rowBegin, rowEnd) only).
+void filterInPlace(RealFft2d const& plan, Complex* buf, std::vector<double> const& filter, bool parallel,
+                   std::ptrdiff_t rowBegin, std::ptrdiff_t rowEnd) {
     std::ptrdiff_t const cc = plan.spectrumCols();
     plan.rowsForward(buf, parallel);
     forColumnBlocks(plan, parallel, 1, [&](std::ptrdiff_t, std::ptrdiff_t x0, std::ptrdiff_t bw, Complex** blocks,
@@ -289,7 +359,7 @@ void filterInPlace(RealFft2d const& plan, Complex* buf, std::vector<double> cons
         plan.columnTransform(b, bw, true, work);
         plan.scatterBlock(b, x0, bw, buf);
     });
-    plan.rowsInverse(buf, parallel);
+    plan.rowsInverse(buf, parallel, rowBegin, rowEnd);
 }
 
 }  // namespace
@@ -313,8 +383,15 @@ CorrectionFilter computeCorrectionFilter(ImageView<const double> kernel, ImageVi
     for (std::ptrdiff_t y = 0; y < kernel.height; ++y) {
         for (std::ptrdiff_t x = 0; x < kernel.width; ++x) f.kSum += kernel(y, x);
     }
-    SparseRows const kRows = sparseRowSpectra(kernel, *plan);
-    SparseRows pRows;
+    // |K|^2 on the grid, remembered per thread for the last kernel and grid: the cells of a spatial
+    // decorrelation with a fixed kernel share it (same values, no transforms)
+    // (small grids only: a whole-image grid would keep tens of MB per thread)
+    KernelPowerCache& cache = kernelPowerCache();
+    bool const useCache = !score && plan->bufferSize() <= kMaxCachedPower;
+    bool const cached = useCache && cache.matches(kernel, shape);
+    if (useCache && !cached) cache.reset(kernel, shape, std::size_t(plan->bufferSize()));
+    SparseRows kRows, pRows;
+    if (!cached) kRows = sparseRowSpectra(kernel, *plan);
     if (score) pRows = sparseRowSpectra(preConvKernel, *plan);
 
     f.corr.resize(static_cast<std::size_t>(plan->bufferSize()));
@@ -327,13 +404,19 @@ CorrectionFilter computeCorrectionFilter(ImageView<const double> kernel, ImageVi
                                                         Complex** blocks, Complex* work) {
         Complex* K = blocks[0];
         Complex* P = blocks[1];
-        sparseBlockSpectrum(kRows, *plan, x0, bw, K, work);
+        double* power = useCache ? cache.power.data() : nullptr;
+        if (!cached) {
+            sparseBlockSpectrum(kRows, *plan, x0, bw, K, work);
+            if (power)
+                for (std::ptrdiff_t t = 0; t < shape.rows; ++t)
+                    for (std::ptrdiff_t q = 0; q < bw; ++q) power[t * cc + x0 + q] = std::norm(K[t * bw + q]);
+        }
         if (score) sparseBlockSpectrum(pRows, *plan, x0, bw, P, work);
         double s1 = 0.0, s2 = 0.0, mx = 0.0;
         for (std::ptrdiff_t t = 0; t < shape.rows; ++t) {
             for (std::ptrdiff_t q = 0; q < bw; ++q) {
                 std::ptrdiff_t const x = x0 + q;
-                double const k2 = std::norm(K[t * bw + q]);
+                double const k2 = power ? power[t * cc + x] : std::norm(K[t * bw + q]);
                 double c, cn2;
                 if (score) {
                     double const p2raw = std::norm(P[t * bw + q]);
@@ -409,13 +492,27 @@ void squaredKernelSpectrum(CorrectionFilter const& f, int which, ImageView<const
 
 template <typename T>
 DecorrelationResult decorrelateImage(DecorrelationInputs<T> const& in, DecorrelationOptions const& opt,
-                                     ImageView<T> outImage, ImageView<T> outVariance) {
+                                     ImageView<T> outImage, ImageView<T> outVariance, std::ptrdiff_t outRow0,
+                                     std::ptrdiff_t outCol0) {
     ImageView<const T> const& img = in.image;
     if (img.empty()) throw std::invalid_argument("decorrelateImage: the difference image is empty");
     requireSameShape(img, in.variance, "difference image", "variance (V)");
     requireSameShape(img, in.templateVariance, "difference image", "template variance (Vt)");
-    requireSameShape(img, outImage, "difference image", "output image");
-    requireSameShape(img, outVariance, "difference image", "output variance");
+    requireSameShape(outImage, outVariance, "output image", "output variance");
+    if (outRow0 < 0 && outCol0 < 0) {  // no window: the outputs cover the image
+        requireSameShape(img, outImage, "difference image", "output image");
+        outRow0 = outCol0 = 0;
+    }
+    if (outRow0 < 0 || outCol0 < 0 || outRow0 + outImage.height > img.height || outCol0 + outImage.width > img.width) {
+        throw std::invalid_argument("decorrelateImage: the output window " + shapeOf(outImage) + " at (" +
+                                    std::to_string(outRow0) + ", " + std::to_string(outCol0) +
+                                    ") is not inside the difference image " + shapeOf(img));
+    }
+    bool const window = outRow0 != 0 || outCol0 != 0 || outImage.height != img.height || outImage.width != img.width;
+    if (window && outImage.data == img.data) {
+        throw std::invalid_argument("decorrelateImage: a windowed output must not alias the difference image");
+    }
+    std::ptrdiff_t const oh = outImage.height, ow = outImage.width;
     auto sameData = [](void const* a, void const* b) { return a == b; };
     if (sameData(outVariance.data, in.variance.data) || sameData(outVariance.data, in.templateVariance.data) ||
         sameData(outImage.data, in.variance.data) || sameData(outImage.data, in.templateVariance.data)) {
@@ -456,13 +553,13 @@ DecorrelationResult decorrelateImage(DecorrelationInputs<T> const& in, Decorrela
     // --- corrected image ---
     {
         placePlane(img, fill, *plan, buf.data(), parallel);
-        filterInPlace(*plan, buf.data(), filter.corr, parallel);
+        filterInPlace(*plan, buf.data(), filter.corr, parallel, outRow0, outRow0 + oh);
         double const* d = reinterpret_cast<double const*>(buf.data());
-        forRowRanges(img.height, parallel, [&](std::ptrdiff_t y0, std::ptrdiff_t y1) {
+        forRowRanges(oh, parallel, [&](std::ptrdiff_t y0, std::ptrdiff_t y1) {
             for (std::ptrdiff_t y = y0; y < y1; ++y) {
-                double const* row = d + y * stride;
-                for (std::ptrdiff_t x = 0; x < img.width; ++x) {
-                    double const v = static_cast<double>(img(y, x));
+                double const* row = d + (outRow0 + y) * stride + outCol0;
+                for (std::ptrdiff_t x = 0; x < ow; ++x) {
+                    double const v = static_cast<double>(img(outRow0 + y, outCol0 + x));
                     double const out = std::isnan(v) ? kNaN : (std::isinf(v) ? kInf : row[x]);
                     outImage(y, x) = static_cast<T>(out);
                 }
@@ -474,11 +571,11 @@ DecorrelationResult decorrelateImage(DecorrelationInputs<T> const& in, Decorrela
     double const varScale = opt.templateMatched ? 1.0 : 1.0 / (filter.kSum * filter.kSum);
     if (!opt.completeVarPlanePropagation) {
         double const w1 = filter.w1, w2 = filter.w2;
-        forRowRanges(img.height, parallel, [&](std::ptrdiff_t y0, std::ptrdiff_t y1) {
+        forRowRanges(oh, parallel, [&](std::ptrdiff_t y0, std::ptrdiff_t y1) {
             for (std::ptrdiff_t y = y0; y < y1; ++y) {
-                for (std::ptrdiff_t x = 0; x < img.width; ++x) {
-                    double out = static_cast<double>(in.variance(y, x)) * w1 +
-                                 static_cast<double>(in.templateVariance(y, x)) * w2;
+                for (std::ptrdiff_t x = 0; x < ow; ++x) {
+                    double out = static_cast<double>(in.variance(outRow0 + y, outCol0 + x)) * w1 +
+                                 static_cast<double>(in.templateVariance(outRow0 + y, outCol0 + x)) * w2;
                     if (!opt.templateMatched) out *= varScale;
                     outVariance(y, x) = static_cast<T>(out);
                 }
@@ -508,14 +605,14 @@ DecorrelationResult decorrelateImage(DecorrelationInputs<T> const& in, Decorrela
         });
     }
     sBuf.reset();
-    plan->inverseInPlace(acc.data(), parallel);
+    plan->inverseInPlace(acc.data(), parallel, outRow0, outRow0 + oh);
     double const* d = reinterpret_cast<double const*>(acc.data());
-    forRowRanges(img.height, parallel, [&](std::ptrdiff_t y0, std::ptrdiff_t y1) {
+    forRowRanges(oh, parallel, [&](std::ptrdiff_t y0, std::ptrdiff_t y1) {
         for (std::ptrdiff_t y = y0; y < y1; ++y) {
-            double const* row = d + y * stride;
-            for (std::ptrdiff_t x = 0; x < img.width; ++x) {
-                double const a = static_cast<double>(in.variance(y, x));
-                double const b = static_cast<double>(in.templateVariance(y, x));
+            double const* row = d + (outRow0 + y) * stride + outCol0;
+            for (std::ptrdiff_t x = 0; x < ow; ++x) {
+                double const a = static_cast<double>(in.variance(outRow0 + y, outCol0 + x));
+                double const b = static_cast<double>(in.templateVariance(outRow0 + y, outCol0 + x));
                 double out;
                 if (std::isnan(a) || std::isnan(b)) {
                     out = kNaN;
@@ -532,8 +629,9 @@ DecorrelationResult decorrelateImage(DecorrelationInputs<T> const& in, Decorrela
 }
 
 template DecorrelationResult decorrelateImage<float>(DecorrelationInputs<float> const&, DecorrelationOptions const&,
-                                                     ImageView<float>, ImageView<float>);
+                                                     ImageView<float>, ImageView<float>, std::ptrdiff_t, std::ptrdiff_t);
 template DecorrelationResult decorrelateImage<double>(DecorrelationInputs<double> const&, DecorrelationOptions const&,
-                                                      ImageView<double>, ImageView<double>);
+                                                      ImageView<double>, ImageView<double>, std::ptrdiff_t,
+                                                      std::ptrdiff_t);
 
 }  // namespace diffcal::decorrelation

@@ -288,21 +288,22 @@ void DecorrelationCellMapper::processT(CellInput<T> const& in, CellOutput<T>& ou
     }
     di.v = v;
     di.vt = vt;
-    std::vector<T> img(std::size_t(h * w)), var(std::size_t(h * w));
-    auto oi = ImageView<T>::contiguous(img.data(), h, w);
-    auto ov = ImageView<T>::contiguous(var.data(), h, w);
+    // only the inner box is kept: decorrelate straight into the output window (the rest of the
+    // expanded box is never transformed back)
     DecorrelationResult r;
     try {
-        r = decorrelateImage<T>(di, _opt.decorrelation, oi, ov);
+        r = decorrelateImage<T>(di, _opt.decorrelation, out.image, out.variance, in.innerOffsetY(), in.innerOffsetX());
     } catch (std::invalid_argument const& e) {
         throw std::invalid_argument(where + e.what());
     }
+    auto const m = in.innerMask();
+    for (std::ptrdiff_t y = 0; y < out.mask.height; ++y)
+        for (std::ptrdiff_t x = 0; x < out.mask.width; ++x) out.mask(y, x) = m(y, x);
     info.kSum = r.kSum;
     info.w1 = r.w1;
     info.w2 = r.w2;
     info.maxCorr = r.maxCorr;
     info.fftShape = r.fftShape;
-    copyInner(ImageView<const T>(oi), ImageView<const T>(ov));
     record();
 }
 

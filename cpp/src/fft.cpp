@@ -521,13 +521,20 @@ void RealFft2d::rowsForward(Complex* buffer, bool parallel) const {
     });
 }
 
-void RealFft2d::rowsInverse(Complex* buffer, bool parallel) const {
-    std::ptrdiff_t const nTasks = std::min(rows_, kMaxTasks);
+void RealFft2d::rowsInverse(Complex* buffer, bool parallel, std::ptrdiff_t rowBegin, std::ptrdiff_t rowEnd) const {
+    if (rowEnd < 0) rowEnd = rows_;
+    if (rowBegin < 0 || rowBegin > rowEnd || rowEnd > rows_) {
+        throw std::invalid_argument("RealFft2d::rowsInverse: bad row range [" + std::to_string(rowBegin) + ", " +
+                                    std::to_string(rowEnd) + ") for " + std::to_string(rows_) + " rows");
+    }
+    std::ptrdiff_t const nRows = rowEnd - rowBegin;
+    if (nRows == 0) return;
+    std::ptrdiff_t const nTasks = std::min(nRows, kMaxTasks);
     bool const even = cols_ % 2 == 0;
     std::ptrdiff_t const h = cols_ / 2;
     double const scale = 1.0 / (static_cast<double>(rows_) * static_cast<double>(cols_));
     forTasks(nTasks, parallel, [&](std::ptrdiff_t task) {
-        std::ptrdiff_t const y0 = rows_ * task / nTasks, y1 = rows_ * (task + 1) / nTasks;
+        std::ptrdiff_t const y0 = rowBegin + nRows * task / nTasks, y1 = rowBegin + nRows * (task + 1) / nTasks;
         std::vector<Complex> work(static_cast<std::size_t>(rowFft_->workSize(1) + (even ? 0 : cols_)));
         for (std::ptrdiff_t y = y0; y < y1; ++y) {
             Complex* z = buffer + y * ccols_;
@@ -600,9 +607,9 @@ void RealFft2d::forwardInPlace(Complex* buffer, bool parallel) const {
     columns(buffer, false, parallel);
 }
 
-void RealFft2d::inverseInPlace(Complex* buffer, bool parallel) const {
+void RealFft2d::inverseInPlace(Complex* buffer, bool parallel, std::ptrdiff_t rowBegin, std::ptrdiff_t rowEnd) const {
     columns(buffer, true, parallel);
-    rowsInverse(buffer, parallel);
+    rowsInverse(buffer, parallel, rowBegin, rowEnd);
 }
 
 void RealFft2d::forward(ImageView<const double> in, Complex* out, bool parallel) const {

@@ -197,6 +197,48 @@ TEST_CASE("decorrelateImage: identity for vt = 0, NaN/Inf restore, float32, erro
                     std::invalid_argument);
 }
 
+TEST_CASE("decorrelateImage into an output window equals the window of the whole-image result bit for bit") {
+    std::ptrdiff_t const H = 50, W = 47;
+    std::mt19937_64 rng(9);
+    std::normal_distribution<double> g;
+    std::vector<float> img(H * W), V(H * W), Vt(H * W);
+    for (auto& x : img) x = float(g(rng));
+    for (auto& x : V) x = float(1.0 + 0.1 * std::abs(g(rng)));
+    for (auto& x : Vt) x = float(2.0 + 0.1 * std::abs(g(rng)));
+    img[7 * W + 20] = std::numeric_limits<float>::quiet_NaN();
+    auto k = gaussian(9, 7, 1.5);
+    DecorrelationInputs<float> in;
+    in.image = ImageView<const float>::contiguous(img.data(), H, W);
+    in.variance = ImageView<const float>::contiguous(V.data(), H, W);
+    in.templateVariance = ImageView<const float>::contiguous(Vt.data(), H, W);
+    in.kernel = ImageView<const double>::contiguous(k.data(), 9, 7);
+    in.v = 1.1;
+    in.vt = 2.1;
+    for (bool complete : {false, true}) {
+        DecorrelationOptions opt;
+        opt.completeVarPlanePropagation = complete;
+        std::vector<float> fi(H * W), fv(H * W);
+        decorrelateImage<float>(in, opt, ImageView<float>::contiguous(fi.data(), H, W),
+                                ImageView<float>::contiguous(fv.data(), H, W));
+        std::ptrdiff_t const y0 = 5, x0 = 11, h = 30, w = 21;
+        std::vector<float> wi(h * w), wv(h * w);
+        decorrelateImage<float>(in, opt, ImageView<float>::contiguous(wi.data(), h, w),
+                                ImageView<float>::contiguous(wv.data(), h, w), y0, x0);
+        int bad = 0;
+        for (std::ptrdiff_t y = 0; y < h; ++y)
+            for (std::ptrdiff_t x = 0; x < w; ++x) {
+                float const a = fi[(y0 + y) * W + x0 + x], b = wi[y * w + x];
+                bad += !(a == b || (std::isnan(a) && std::isnan(b)));
+                bad += fv[(y0 + y) * W + x0 + x] != wv[y * w + x];
+            }
+        CHECK(bad == 0);
+        // a window outside the image is an error
+        CHECK_THROWS_AS(decorrelateImage<float>(in, opt, ImageView<float>::contiguous(wi.data(), h, w),
+                                                ImageView<float>::contiguous(wv.data(), h, w), 25, x0),
+                        std::invalid_argument);
+    }
+}
+
 TEST_CASE("decorrelateImage is bit-identical across thread counts and concurrent serial calls") {
     std::ptrdiff_t const H = 120, W = 90;
     std::mt19937_64 rng(9);

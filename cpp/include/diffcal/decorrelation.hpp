@@ -106,13 +106,17 @@ struct DecorrelationResult {
 };
 
 /// Decorrelate one image. Writes the corrected image into `outImage` and the new variance into
-/// `outVariance` (same shape as the inputs). `outImage` may alias `inputs.image`; `outVariance`
-/// may alias the diffim's own variance plane, but neither output may alias V or Vt.
+/// `outVariance`: by default (origin -1, -1) the whole image (same shape as the inputs); with an output
+/// origin (outRow0, outCol0) >= 0 the outputs receive the window of their own shape starting there (the
+/// spatial decorrelation keeps only a cell's inner box: the rest is never computed). A whole-image
+/// `outImage` may alias `inputs.image`; `outVariance` may alias the diffim's own variance plane, but
+/// neither output may alias V or Vt.
 /// Allocates (besides small kernel buffers) the filter (rows x cols/2+1 doubles) and one rfft
 /// buffer of the grid, plus two more rfft buffers for complete variance propagation.
 /// Thread-safe; throws std::invalid_argument on bad shapes/values.
 template <typename T>
 DecorrelationResult decorrelateImage(DecorrelationInputs<T> const& inputs, DecorrelationOptions const& options,
-                                     ImageView<T> outImage, ImageView<T> outVariance);
+                                     ImageView<T> outImage, ImageView<T> outVariance, std::ptrdiff_t outRow0 = -1,
+                                     std::ptrdiff_t outCol0 = -1);
 
 }  // namespace diffcal::decorrelation

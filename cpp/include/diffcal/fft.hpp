@@ -109,8 +109,10 @@ public:
     /// Forward transform in place (real samples -> half spectrum). Rows that are entirely zero
     /// are detected and skipped (a padded kernel costs little more than its own rows).
     void forwardInPlace(Complex* buffer, bool parallel = true) const;
-    /// Normalised inverse transform in place (half spectrum -> real samples), numpy irfft2.
-    void inverseInPlace(Complex* buffer, bool parallel = true) const;
+    /// Normalised inverse transform in place (half spectrum -> real samples), numpy irfft2. With a row
+    /// range [rowBegin, rowEnd) only those output rows are computed (the others are left as scratch).
+    void inverseInPlace(Complex* buffer, bool parallel = true, std::ptrdiff_t rowBegin = 0,
+                        std::ptrdiff_t rowEnd = -1) const;
 
     /// Out-of-place forward: `in` (rows x cols, any strides) -> `out` rfft buffer.
     void forward(ImageView<const double> in, Complex* out, bool parallel = true) const;
@@ -125,8 +127,9 @@ public:
 
     /// Real-to-half-spectrum transform of every row, in place (zero rows skipped).
     void rowsForward(Complex* buffer, bool parallel = true) const;
-    /// Inverse row transforms including the 1/(rows*cols) normalisation, in place.
-    void rowsInverse(Complex* buffer, bool parallel = true) const;
+    /// Inverse row transforms including the 1/(rows*cols) normalisation, in place, of rows
+    /// [rowBegin, rowEnd) (rowEnd < 0: to the last row).
+    void rowsInverse(Complex* buffer, bool parallel = true, std::ptrdiff_t rowBegin = 0, std::ptrdiff_t rowEnd = -1) const;
     /// Forward real transform of one row: `row` holds cols doubles on input and spectrumCols()
     /// values on output (room for 2*spectrumCols() doubles); `work` has rowWorkSize() elements.
     void rowForward(Complex* row, Complex* work) const;
