@@ -852,3 +852,26 @@ def test_results_of_another_dtype_are_converted():
     assert out.dtype == np.float32
     assert (out.image[4:14, 3:13] == 2.25).all()
     assert np.isnan(out.image[0, 0])
+
+
+def test_background_prefault_maps_pages_without_changing_them():
+    """The reducer's output planes are populated by a background thread (MADV_POPULATE_WRITE): the
+    contents must never change, whatever the thread is doing when they are written or read."""
+    a = np.empty(3 << 20, dtype=np.float32)  # 12 MiB: fresh, unmapped pages
+    b = np.arange(1 << 20, dtype=np.int32)  # already written
+    pf = _core.Prefault([a, b])
+    a[::997] = 1.5  # concurrent writes are safe: populating does not write
+    pf.join()
+    pf.join()  # idempotent
+    assert (a[::997] == 1.5).all()
+    np.testing.assert_array_equal(b, np.arange(1 << 20, dtype=np.int32))
+    if _core.Prefault.supported():
+        assert 0 < pf.populated_bytes <= a.nbytes + b.nbytes
+    else:
+        assert pf.populated_bytes == 0
+    with pytest.raises(TypeError, match="numpy arrays"):
+        _core.Prefault([a, [1, 2, 3]])
+    ro = np.zeros(10)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="writeable"):
+        _core.Prefault([ro])

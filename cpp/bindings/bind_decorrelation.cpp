@@ -154,6 +154,8 @@ std::shared_ptr<dec::DecorrelationCellMapper> makeDecorrelationCellMapper(
 void bindDecorrelation(py::module_& m) {
     m.def("next_fast_size", &fft::nextFastSize, py::arg("n"),
           "Smallest even 2/3/5/7-smooth integer >= max(n, 2).");
+    m.def("cheapest_fast_size", &fft::cheapestFastSize, py::arg("n"),
+          "The even 2/3/5/7-smooth size >= max(n, 2) with the lowest modelled FFT cost (fftShape='fast').");
     m.def("fft_backend", &fft::backendName, "Name of the compiled FFT implementation.");
 
     m.def(

@@ -15,6 +15,7 @@
 
 #include "diffcal/grid.hpp"
 #include "diffcal/mapreduce.hpp"
+#include "diffcal/prefault.hpp"
 #include "diffcal/stitch.hpp"
 #include "numpy_view.hpp"
 
@@ -165,6 +166,26 @@ void mapCellsT(CellMapper const& mapper, py::array const& image, py::array const
 }  // namespace
 
 void bindMapReduce(py::module_& m) {
+    // background page population of fresh output arrays (see diffcal/prefault.hpp)
+    py::class_<BackgroundPrefault>(m, "Prefault",
+                                   "Maps the pages of new arrays on a background thread without changing them; "
+                                   "join() before relying on populated_bytes (it also keeps the arrays alive "
+                                   "until then).")
+        .def(py::init([](py::list const& arrays) {
+                 std::vector<std::pair<void*, std::size_t>> regions;
+                 for (auto const& item : arrays) {
+                     if (!py::isinstance<py::array>(item)) throw py::type_error("Prefault: expected numpy arrays");
+                     auto a = py::reinterpret_borrow<py::array>(item);
+                     if (!a.writeable()) throw py::value_error("Prefault: arrays must be writeable");
+                     regions.emplace_back(a.mutable_data(), std::size_t(a.nbytes()));
+                 }
+                 return std::make_unique<BackgroundPrefault>(std::move(regions));
+             }),
+             py::arg("arrays"), py::keep_alive<1, 2>())
+        .def("join", &BackgroundPrefault::join, py::call_guard<py::gil_scoped_release>())
+        .def_property_readonly("populated_bytes", &BackgroundPrefault::populatedBytes)
+        .def_static("supported", &BackgroundPrefault::supported,
+                    "Whether this build can populate pages (Linux MADV_POPULATE_WRITE); else a no-op.");
     m.def(
         "generate_grid",
         [](py::object const& bbox, double cellSizeX, double cellSizeY, double gridStepX, double gridStepY,

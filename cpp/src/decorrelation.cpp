@@ -225,7 +225,7 @@ Shape2 computeCommonShape(std::vector<Shape2> const& shapes) {
 
 Shape2 fftShape(Shape2 exact, FftShapeMode mode) {
     if (mode == FftShapeMode::Exact) return exact;
-    return Shape2{fft::nextFastSize(exact.rows), fft::nextFastSize(exact.cols)};
+    return Shape2{fft::cheapestFastSize(exact.rows), fft::cheapestFastSize(exact.cols)};
 }
 
 void padCenterOrigin(ImageView<const double> in, ImageView<double> out) {

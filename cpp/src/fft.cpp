@@ -283,6 +283,36 @@ std::ptrdiff_t nextFastSize(std::ptrdiff_t n) {
     return m;
 }
 
+std::ptrdiff_t cheapestFastSize(std::ptrdiff_t n) {
+    std::ptrdiff_t const first = nextFastSize(n);
+    auto cost = [](std::ptrdiff_t m) {
+        int e[8] = {};
+        std::ptrdiff_t r = m;
+        for (int p : {2, 3, 5, 7}) {
+            while (r % p == 0) {
+                r /= p;
+                ++e[p];
+            }
+        }
+        double const penalty = 1.0 + 0.04 * e[3] + 0.09 * e[5] + 0.45 * e[7];
+        return double(m) * std::log2(double(m)) * penalty;
+    };
+    std::ptrdiff_t best = first;
+    double bestCost = cost(first);
+    // at most 1/16 above the next smooth size (memory grows with the square), and a larger size costs at
+    // least m log2 m: stop once that alone exceeds the best
+    std::ptrdiff_t const limit = first + first / 16;
+    for (std::ptrdiff_t m = first + 2; m <= limit && double(m) * std::log2(double(m)) < bestCost; m += 2) {
+        if (!isSmooth(m)) continue;
+        double const c = cost(m);
+        if (c < bestCost) {
+            best = m;
+            bestCost = c;
+        }
+    }
+    return best;
+}
+
 char const* backendName() { return "diffcal-stockham"; }
 
 // ------------------------------------------------------------------------------------------------

@@ -56,7 +56,8 @@ TEST_CASE("computeCommonShape follows the reference rule") {
     CHECK(computeCommonShape({{256, 256}, {32, 32}, {25, 25}}) == Shape2{288, 288});
     CHECK(computeCommonShape({{33, 32}}) == Shape2{34, 32});
     CHECK(computeCommonShape({{10, 40}, {7, 3}, {9, 50}}) == Shape2{18, 90});
-    CHECK(fftShape({4128, 4130}, FftShapeMode::Fast) == Shape2{4200, 4200});
+    CHECK(fftShape({4128, 4130}, FftShapeMode::Fast) == Shape2{4320, 4320});  // 2^5 3^3 5, not 4200 = 2^3 3 5^2 7
+    CHECK(fftShape({252, 251}, FftShapeMode::Fast) == Shape2{256, 256});
     CHECK_THROWS_AS(computeCommonShape({}), std::invalid_argument);
     CHECK_THROWS_AS(computeCommonShape({{0, 3}}), std::invalid_argument);
 }

@@ -62,6 +62,20 @@ double maxAbs(std::vector<Complex> const& v) {
 
 }  // namespace
 
+TEST_CASE("cheapestFastSize prefers cheap factors over the next smooth size") {
+    CHECK(fft::cheapestFastSize(252) == 256);  // 2^2 3^2 7 costs more than 2^8
+    CHECK(fft::cheapestFastSize(256) == 256);
+    CHECK(fft::cheapestFastSize(4072) == 4096);
+    CHECK(fft::cheapestFastSize(1) == 2);
+    for (std::ptrdiff_t n : {3, 17, 100, 251, 289, 1000, 4001}) {
+        std::ptrdiff_t const m = fft::cheapestFastSize(n);
+        CHECK(m >= n);
+        CHECK(m % 2 == 0);
+        CHECK(fft::isSmooth(m));
+        CHECK(m <= fft::nextFastSize(n) * 17 / 16);
+    }
+}
+
 TEST_CASE("nextFastSize returns even 2/3/5/7-smooth sizes") {
     CHECK(fft::nextFastSize(0) == 2);
     CHECK(fft::nextFastSize(1) == 2);

@@ -9,7 +9,7 @@ Keep this file in step with ``cpp/bindings/*.cpp``: every name the module expose
 """
 
 from collections.abc import Sequence
-from typing import TypedDict, final, type_check_only
+from typing import Any, TypedDict, final, type_check_only
 
 import numpy as np
 import numpy.typing as npt
@@ -211,6 +211,21 @@ class AddConstantCellMapper(CellMapper):
     def amount(self) -> float:
         """The constant added to the image plane."""
 
+@final
+class Prefault:
+    """Maps the pages of new arrays on a background thread (``MADV_POPULATE_WRITE``) without changing
+    any byte; keeps the arrays alive until the object is gone. A no-op where unsupported."""
+
+    @staticmethod
+    def supported() -> bool:
+        """Whether this build can populate pages (Linux ``MADV_POPULATE_WRITE``); else a no-op."""
+    def __init__(self, arrays: list[npt.NDArray[Any]]) -> None: ...
+    def join(self) -> None:
+        """Wait for the background thread (releases the GIL; idempotent)."""
+    @property
+    def populated_bytes(self) -> int:
+        """Bytes populated by the kernel (after ``join``)."""
+
 def stitch(
     images: list[_FloatArray],
     masks: list[_MaskArray],
@@ -302,6 +317,9 @@ class _CorrectionFilter(TypedDict):
 
 def next_fast_size(n: int) -> int:
     """Smallest even 2/3/5/7-smooth integer >= max(n, 2)."""
+
+def cheapest_fast_size(n: int) -> int:
+    """The even 2/3/5/7-smooth size >= max(n, 2) with the lowest modelled FFT cost (fftShape='fast')."""
 
 def fft_backend() -> str:
     """Name of the compiled FFT implementation (``"diffcal-stockham"``)."""

@@ -41,7 +41,9 @@ Deliberate differences from the reference
    (the reference multiplies float32 planes in float32) and the ``/kSum^2`` scaling. Differences
    are at the float32 rounding level (~1e-7 relative).
 5. **FFT grid option.** ``config.fftShape = "fast"`` rounds each axis of the reference grid up to
-   an even 2/3/5/7-smooth size. Only the circular wrap-around of the correction kernel changes, so
+   the even 2/3/5/7-smooth size with the lowest modelled transform cost (at most 1/16 above the next
+   smooth size; e.g. 252 -> 256, since factors 7 and 5 cost more per point than a slightly larger
+   power of two: ``_core.cheapest_fast_size``). Only the circular wrap-around of the correction kernel changes, so
    the outputs differ from the exact grid only within about a kernel width of the border. Stated
    tolerance, in units of the corrected noise sigma (measured on the reference test images cut to
    250 x 243): border <= 3e-5 for ``vt <= 2 v`` (measured 1.3e-5; 1e-6 for ``vt = v``) and <= 2e-3
@@ -149,7 +151,7 @@ class DecorrelateALKernelConfig(Config):
         default="exact",
         allowed={
             "exact": "the reference grid: per axis N1 + N2 - 1 rounded up to even (reproduces its numbers)",
-            "fast": "the exact grid rounded up per axis to an even 2/3/5/7-smooth size (faster FFTs; "
+            "fast": "the exact grid rounded up per axis to the cheapest even 2/3/5/7-smooth size (faster FFTs; "
                     "differs from 'exact' only near the border: <= 3e-5 of the noise sigma for vt <= 2v, "
                     "<= 2e-3 for vt = 100v; <= 1e-11 inside)",
         },

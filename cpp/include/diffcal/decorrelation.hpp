@@ -6,7 +6,8 @@
 //   * Arrays are row-major [y, x]; "shape" = (rows, cols).
 //   * FFT grid (computeCommonShape, §2.4): per axis, the two largest sizes N1 >= N2 among the
 //     given shapes, N = N1 + N2 - 1 rounded up to even. "Exact" mode uses it (reproduces the
-//     reference); "fast" mode rounds each axis up to nextFastSize (2/3/5/7-smooth, even).
+//     reference); "fast" mode rounds each axis up to fft::cheapestFastSize (the even 2/3/5/7-smooth
+//     size with the lowest modelled transform cost, e.g. 252 -> 256).
 //   * Origin-centred padding (padCenterOrigin, §2.4): along an axis of input length n and target
 //     length M, input index n/2 (integer division) goes to index 0, the following elements follow,
 //     and the first n/2 wrap to the end. unpadCenterOrigin is its inverse crop.
@@ -47,7 +48,7 @@ enum class FftShapeMode { Exact, Fast };
 /// Reference FFT grid for the given shapes (at least one, all positive). §2.4.
 Shape2 computeCommonShape(std::vector<Shape2> const& shapes);
 
-/// The grid actually used: exact, or each axis rounded up to fft::nextFastSize.
+/// The grid actually used: exact, or each axis rounded up to fft::cheapestFastSize.
 Shape2 fftShape(Shape2 exact, FftShapeMode mode);
 
 /// Forward origin-centred pad of `in` into `out` (every element of `out` is written).
