@@ -29,6 +29,7 @@
 #include <string>
 #include <vector>
 
+#include "bucket_statistics.hpp"
 #include "candidate_scan.hpp"
 #include "diffcal/parallel.hpp"
 
@@ -43,7 +44,8 @@ constexpr std::size_t kChunk = std::size_t(1) << 16;
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 constexpr std::size_t kSampleRun = 64;                      // pixels per contiguous sample run
 constexpr std::size_t kSampleSize = std::size_t(1) << 16;  // pixels sampled
-constexpr std::size_t kDirectLimit = std::size_t(1) << 17;  // below this many pixels: no sampling
+constexpr std::size_t kDirectLimit = std::size_t(1) << 17;  // up to this many pixels: no sampling,
+constexpr std::size_t kBucketMinimum = std::size_t(1) << 12;  // ... but a bucket sort from this many
 
 /// Split [0, n) into nearly equal contiguous blocks, one per thread (for exact integer work).
 struct Blocks {
@@ -383,7 +385,7 @@ void clipPasses(std::vector<T> const& cand, ClipControl const& control, ClippedS
 // ----------------------------------------------------------------------------------------------
 // The planned single scan
 
-/// Sorted sample of candidates: kSampleSize pixels in contiguous runs spread over the image.
+/// Sample of candidates (unordered): kSampleSize pixels in contiguous runs spread over the image.
 template <typename T>
 std::vector<T> sampleCandidates(ImageView<const T> values, ImageView<const std::int32_t> mask, std::int32_t andMask) {
     std::size_t const npix = std::size_t(values.size());
@@ -400,9 +402,34 @@ std::vector<T> sampleCandidates(ImageView<const T> values, ImageView<const std::
             if (isCandidate(double(v), useMask ? mask(y, x) : 0, andMask)) sample.push_back(v);
         }
     }
-    std::sort(sample.begin(), sample.end());
     return sample;
 }
+
+/// The values of `sample` at the given ranks (of its sorted order), by successive partial
+/// selections on the part above the previous rank (`sample` is reordered; no full sort).
+template <typename T>
+struct RankedSample {
+    std::vector<std::size_t> ranks;  // ascending, distinct
+    std::vector<T> values;
+
+    RankedSample(std::vector<T>& sample, std::vector<std::size_t> wanted) {
+        std::sort(wanted.begin(), wanted.end());
+        wanted.erase(std::unique(wanted.begin(), wanted.end()), wanted.end());
+        auto from = sample.begin();
+        for (std::size_t r : wanted) {
+            auto const kth = sample.begin() + std::ptrdiff_t(r);
+            if (kth >= from) std::nth_element(from, kth, sample.end());
+            ranks.push_back(r);
+            values.push_back(*kth);
+            from = kth + 1;
+        }
+    }
+    T at(std::size_t rank) const {
+        auto const it = std::lower_bound(ranks.begin(), ranks.end(), rank);
+        if (it == ranks.end() || *it != rank) throw std::logic_error("RankedSample: rank not selected");
+        return values[std::size_t(it - ranks.begin())];
+    }
+};
 
 /// Lowest value of T that is >= x (so [lo, ...) ranges built from doubles are conservative).
 template <typename T>
@@ -414,28 +441,44 @@ T ceilTo(double x) {
     return v;
 }
 
+/// `marginSigmas`: half-width of the quartile brackets in standard deviations of a sample
+/// quantile's rank (about sqrt(m) / 2 for m sampled values). Wider brackets miss their rank
+/// less often (a miss costs an exact fallback) but collect more values.
 template <typename T>
 ClippedStatistics plannedStatistics(ImageView<const T> values, ImageView<const std::int32_t> mask,
-                                    ClipControl const& control, std::vector<T> const& sample) {
+                                    ClipControl const& control, std::vector<T>& sample, double marginSigmas) {
     using detail::ScanPlan;
     std::size_t const m = sample.size();
     double const fractions[3] = {0.25, 0.5, 0.75};
 
-    // Brackets: the sample quantile +- about 6 sigma of the sample's rank noise (inclusive).
-    ScanPlan<T> plan;
-    double const margin = 3.0 * std::sqrt(double(m)) + 16.0;
+    // The sample ranks the plan needs: the bracket ends and the sample quartiles.
+    double const margin = 0.5 * marginSigmas * std::sqrt(double(m)) + 16.0;
+    std::ptrdiff_t lo[3], hi[3];
+    std::vector<std::size_t> wanted;
     for (int q = 0; q < 3; ++q) {
         double const s = fractions[q] * double(m - 1);
-        auto const lo = std::ptrdiff_t(std::floor(s - margin));
-        auto const hi = std::ptrdiff_t(std::ceil(s + 1.0 + margin));
-        T const loV = lo > 0 ? sample[std::size_t(lo)] : std::numeric_limits<T>::lowest();
-        T const hiV = hi < std::ptrdiff_t(m) - 1 ? std::nextafter(sample[std::size_t(hi)], std::numeric_limits<T>::infinity())
-                                                 : std::numeric_limits<T>::infinity();
+        lo[q] = std::ptrdiff_t(std::floor(s - margin));
+        hi[q] = std::ptrdiff_t(std::ceil(s + 1.0 + margin));
+        if (lo[q] > 0) wanted.push_back(std::size_t(lo[q]));
+        if (hi[q] < std::ptrdiff_t(m) - 1) wanted.push_back(std::size_t(hi[q]));
+        auto const [k, t] = rankOf(fractions[q], m);
+        wanted.push_back(k);
+        wanted.push_back(std::min(k + 1, m - 1));
+    }
+    RankedSample<T> const ranked(sample, wanted);
+
+    // Brackets: the sample quantile +- the margin (inclusive).
+    ScanPlan<T> plan;
+    for (int q = 0; q < 3; ++q) {
+        bool const hasLo = lo[q] > 0, hasHi = hi[q] < std::ptrdiff_t(m) - 1;
+        T const loV = hasLo ? ranked.at(std::size_t(lo[q])) : std::numeric_limits<T>::lowest();
+        T const hiS = hasHi ? ranked.at(std::size_t(hi[q])) : T(0);
+        T const hiV = hasHi ? std::nextafter(hiS, std::numeric_limits<T>::infinity()) : std::numeric_limits<T>::infinity();
         plan.bound[q] = loV;
         plan.rangeLo[q] = loV;
         plan.rangeHi[q] = hiV;
         // A bracket holding a single value (e.g. a constant plane) is counted, not collected.
-        plan.collect[q] = !(lo > 0 && hi < std::ptrdiff_t(m) - 1 && sample[std::size_t(lo)] == sample[std::size_t(hi)]);
+        plan.collect[q] = !(hasLo && hasHi && loV == hiS);
     }
     plan.nBounds = 3;
     plan.nRanges = 3;
@@ -443,7 +486,7 @@ ClippedStatistics plannedStatistics(ImageView<const T> values, ImageView<const s
     // Bands around the expected clip windows (sample median +- nSigma sample sigma).
     auto sampleQuantile = [&](double f) {
         auto const [k, t] = rankOf(f, m);
-        return lerp(double(sample[k]), double(sample[std::min(k + 1, m - 1)]), t);
+        return lerp(double(ranked.at(k)), double(ranked.at(std::min(k + 1, m - 1))), t);
     };
     double const med = sampleQuantile(0.5);
     double const sigma = kIqrToSigma * (sampleQuantile(0.75) - sampleQuantile(0.25));
@@ -581,9 +624,13 @@ ClippedStatistics clippedStatistics(ImageView<const T> values, ImageView<const s
                                     ClipControl const& control) {
     checkControl(control);
     if (mask.data != nullptr) requireSameShape(values, mask, "values", "mask");
-    if (std::size_t(values.size()) > kDirectLimit) {
-        std::vector<T> const sample = sampleCandidates(values, mask, control.andMask);
-        if (sample.size() >= 1024) return plannedStatistics(values, mask, control, sample);
+    std::size_t const npix = std::size_t(values.size());
+    if (npix > kDirectLimit) {
+        std::vector<T> sample = sampleCandidates(values, mask, control.andMask);
+        if (sample.size() >= 1024) return plannedStatistics(values, mask, control, sample, 6.0);
+    } else if (npix >= kBucketMinimum) {
+        // decorrelation cells (~5e4 pixels) land here
+        return detail::bucket::bucketStatistics(values, mask, control, kIqrToSigma);
     }
     return directStatistics(compactCandidates(values, mask, control.andMask), control);
 }

@@ -1,0 +1,242 @@
+// Internal to statistics.cpp: exact clipped statistics of a small image (up to ~1e5 pixels, e.g.
+// the expanded cells of the spatial decorrelation, which need two per cell) by a bucket sort of
+// the candidates' order-preserving integer keys:
+//
+//  1. one pass copies the candidates' keys (finite, unmasked) and finds their range;
+//  2. a histogram of kBins buckets over that range, then a stable scatter into bucket order;
+//  3. the exact quartiles are selections inside the (small) buckets holding their ranks;
+//  4. per-bucket moments about the median, then every clipping pass adds the moments of the
+//     buckets entirely inside its window and tests the values of the (at most two) buckets that
+//     straddle an end of the window one by one.
+//
+// About 4 passes over the pixels in all, against a compact copy, several selection passes and
+// one full pass per clipping iteration. Exact: the kept set of each pass is
+// {v : |double(v) - centre| <= halfWidth} (rounding of v - centre is monotone in v, so a bucket
+// whose two end values pass holds only values that pass). Serial: it runs on the calling thread
+// (per-cell statistics run inside parallel cell mappers).
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "candidate_scan.hpp"
+#include "diffcal/image_view.hpp"
+#include "diffcal/statistics.hpp"
+
+namespace diffcal::detail::bucket {
+
+template <typename T>
+struct KeyOf;
+template <>
+struct KeyOf<float> {
+    using type = std::uint32_t;
+};
+template <>
+struct KeyOf<double> {
+    using type = std::uint64_t;
+};
+
+/// Order-preserving map of a float to an unsigned integer (finite values; -0 sorts below +0).
+template <typename T>
+inline typename KeyOf<T>::type toKey(T v) {
+    using Key = typename KeyOf<T>::type;
+    Key bits;
+    std::memcpy(&bits, &v, sizeof(bits));
+    constexpr Key sign = Key(1) << (sizeof(Key) * 8 - 1);
+    return (bits & sign) ? Key(~bits) : Key(bits | sign);
+}
+
+template <typename T>
+inline T fromKey(typename KeyOf<T>::type key) {
+    using Key = typename KeyOf<T>::type;
+    constexpr Key sign = Key(1) << (sizeof(Key) * 8 - 1);
+    Key const bits = (key & sign) ? Key(key & ~sign) : Key(~key);
+    T v;
+    std::memcpy(&v, &bits, sizeof(v));
+    return v;
+}
+
+constexpr std::size_t kBins = 2048;
+
+/// Scratch kept by each thread between calls (a cell mapper thread computes hundreds).
+template <typename Key>
+struct Scratch {
+    std::vector<Key> keys, sorted;
+    std::vector<std::uint32_t> count, start;
+    std::vector<double> sum, sumSq;
+};
+
+template <typename Key>
+Scratch<Key>& scratch() {
+    thread_local Scratch<Key> s;
+    return s;
+}
+
+inline double lerp(double a, double b, double t) {
+    if (t == 0.0) return a;
+    double const diff = b - a;
+    return t < 0.5 ? a + diff * t : b - diff * (1.0 - t);
+}
+
+/// Statistics of `values` (see statistics.hpp) by the bucket plan above. kIqrToSigma as there.
+template <typename T>
+ClippedStatistics bucketStatistics(ImageView<const T> values, ImageView<const std::int32_t> mask,
+                                   ClipControl const& control, double iqrToSigma) {
+    using Key = typename KeyOf<T>::type;
+    constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+    Scratch<Key>& s = scratch<Key>();
+    std::size_t const npix = std::size_t(values.size());
+    if (s.keys.size() < npix) {
+        s.keys.resize(npix);
+        s.sorted.resize(npix);
+    }
+
+    // 1. candidate keys and their range (branch-free: every key is stored, the end advances
+    // only for candidates)
+    bool const useMask = mask.data != nullptr && control.andMask != 0;
+    std::int32_t const andMask = control.andMask;
+    Key* const keys = s.keys.data();
+    std::size_t n = 0;
+    Key lo = std::numeric_limits<Key>::max(), hi = 0;
+    for (std::ptrdiff_t y = 0; y < values.height; ++y) {
+        T const* row = values.row(y);
+        std::int32_t const* mrow = useMask ? mask.row(y) : nullptr;
+        std::ptrdiff_t const vs = values.colStride, ms = mask.colStride;
+        for (std::ptrdiff_t x = 0; x < values.width; ++x) {
+            T const v = row[x * vs];
+            bool const ok = std::isfinite(v) && (mrow == nullptr || (mrow[x * ms] & andMask) == 0);
+            Key const k = toKey(v);
+            keys[n] = k;
+            n += ok;
+            lo = std::min(lo, ok ? k : std::numeric_limits<Key>::max());
+            hi = std::max(hi, ok ? k : Key(0));
+        }
+    }
+    ClippedStatistics out;
+    out.nCandidates = std::int64_t(n);
+    if (n == 0) {
+        out.mean = out.variance = out.median = out.iqr = kNaN;
+        return out;
+    }
+
+    // 2. histogram and stable scatter into bucket order
+    int shift = 0;
+    while (((hi - lo) >> shift) >= Key(kBins)) ++shift;
+    std::size_t const nb = std::size_t((hi - lo) >> shift) + 1;
+    s.count.assign(2 * nb, 0);
+    std::uint32_t* const c0 = s.count.data();
+    std::uint32_t* const c1 = c0 + nb;  // a second histogram for odd positions: shorter store chains
+    std::size_t i = 0;
+    for (; i + 2 <= n; i += 2) {
+        ++c0[(keys[i] - lo) >> shift];
+        ++c1[(keys[i + 1] - lo) >> shift];
+    }
+    if (i < n) ++c0[(keys[i] - lo) >> shift];
+    s.start.resize(nb + 1);
+    std::uint32_t* const start = s.start.data();
+    start[0] = 0;
+    for (std::size_t b = 0; b < nb; ++b) start[b + 1] = start[b] + c0[b] + c1[b];
+    std::uint32_t* const pos = c0;  // reused as the scatter cursors
+    for (std::size_t b = 0; b < nb; ++b) pos[b] = start[b];
+    Key* const sorted = s.sorted.data();
+    for (std::size_t j = 0; j < n; ++j) {
+        Key const k = keys[j];
+        sorted[pos[(k - lo) >> shift]++] = k;
+    }
+    auto bucketOf = [&](std::size_t rank) {
+        return std::size_t(std::upper_bound(start, start + nb + 1, std::uint32_t(rank)) - start) - 1;
+    };
+
+    // 3. exact quartiles (numpy's "linear" interpolation between ranks k and k + 1)
+    auto valueAt = [&](std::size_t rank) {
+        std::size_t const b = bucketOf(rank);
+        Key* const first = sorted + start[b];
+        Key* const last = sorted + start[b + 1];
+        std::nth_element(first, sorted + rank, last);
+        return double(fromKey<T>(sorted[rank]));
+    };
+    auto nextAbove = [&](std::size_t rank) {  // value at rank + 1, after valueAt(rank)
+        std::size_t const b = bucketOf(rank + 1);
+        Key* const last = sorted + start[b + 1];
+        if (b == bucketOf(rank)) return double(fromKey<T>(*std::min_element(sorted + rank + 1, last)));
+        return double(fromKey<T>(*std::min_element(sorted + start[b], last)));
+    };
+    double quart[3];
+    double const fractions[3] = {0.25, 0.5, 0.75};
+    for (int q = 0; q < 3; ++q) {
+        double const p = fractions[q] * double(n - 1);
+        auto const k = std::size_t(std::floor(p));
+        double const t = p - double(k);
+        double const a = valueAt(k);
+        quart[q] = (k + 1 < n) ? lerp(a, nextAbove(k), t) : a;
+    }
+    out.median = quart[1];
+    out.iqr = quart[2] - quart[0];
+
+    // 4. per-bucket moments about the median, then the clipping passes
+    double const ref = out.median;
+    s.sum.assign(nb, 0.0);
+    s.sumSq.assign(nb, 0.0);
+    for (std::size_t b = 0; b < nb; ++b) {
+        double s1 = 0.0, s2 = 0.0;
+        for (std::uint32_t j = start[b]; j < start[b + 1]; ++j) {
+            double const d = double(fromKey<T>(sorted[j])) - ref;
+            s1 += d;
+            s2 += d * d;
+        }
+        s.sum[b] = s1;
+        s.sumSq[b] = s2;
+    }
+    // the lowest and highest value a bucket can hold (its key range clipped to [lo, hi])
+    auto bucketLow = [&](std::size_t b) { return double(fromKey<T>(Key(lo + (Key(b) << shift)))); };
+    auto bucketHigh = [&](std::size_t b) {
+        Key const top = Key(lo + (Key(b) << shift) + ((Key(1) << shift) - 1));
+        return double(fromKey<T>(b + 1 == nb || top > hi ? hi : top));
+    };
+
+    double centre = out.median;
+    double halfWidth = control.nSigma * iqrToSigma * out.iqr;
+    for (int pass = 0; pass < control.nIter; ++pass) {
+        Moments mo;  // about ref
+        if (halfWidth >= 0.0) {  // a NaN half-width keeps nothing (the reference's behaviour)
+            auto keep = [&](double v) { return std::abs(v - centre) <= halfWidth; };
+            for (std::size_t b = 0; b < nb; ++b) {
+                std::uint32_t const cnt = start[b + 1] - start[b];
+                if (cnt == 0) continue;
+                bool const lowIn = keep(bucketLow(b)), highIn = keep(bucketHigh(b));
+                if (lowIn && highIn) {
+                    mo.n += cnt;
+                    mo.sum += s.sum[b];
+                    mo.sumSq += s.sumSq[b];
+                } else if (lowIn || highIn || (bucketLow(b) < centre && bucketHigh(b) > centre)) {
+                    for (std::uint32_t j = start[b]; j < start[b + 1]; ++j) {
+                        double const v = double(fromKey<T>(sorted[j]));
+                        if (keep(v)) {
+                            double const d = v - ref;
+                            ++mo.n;
+                            mo.sum += d;
+                            mo.sumSq += d * d;
+                        }
+                    }
+                }
+            }
+        }
+        Moments const m = mo.recentred(ref, centre);
+        out.nUsed = m.n;
+        if (m.n == 0) {
+            out.mean = out.variance = kNaN;
+        } else {
+            out.mean = centre + m.sum / double(m.n);
+            out.variance = m.n > 1 ? (m.sumSq - m.sum * m.sum / double(m.n)) / double(m.n - 1) : kNaN;
+        }
+        centre = out.mean;
+        halfWidth = control.nSigma * std::sqrt(out.variance);
+    }
+    return out;
+}
+
+}  // namespace diffcal::detail::bucket
