@@ -143,25 +143,36 @@ void placePlane(ImageView<const T> plane, double fill, RealFft2d const& plan, Co
     });
 }
 
-/// Mean of the finite values of a plane (row partial sums added in row order) and the count of
-/// non-finite values.
+/// placePlane of the difference image with the mean of its finite values as the fill, in one pass
+/// over the image: the finite values are placed and summed, the rest set after (only if any).
+/// Returns the fill (row sums added in row order) and the count of non-finite values.
 template <typename T>
-std::pair<double, std::int64_t> finiteMean(ImageView<const T> plane, bool parallel) {
+std::pair<double, std::int64_t> placeFilledWithMean(ImageView<const T> plane, RealFft2d const& plan, Complex* buffer,
+                                                    bool parallel) {
+    std::ptrdiff_t const stride = 2 * plan.spectrumCols();
+    double* d = reinterpret_cast<double*>(buffer);
     std::vector<double> sums(static_cast<std::size_t>(plane.height), 0.0);
     std::vector<std::int64_t> counts(static_cast<std::size_t>(plane.height), 0);
-    forRowRanges(plane.height, parallel, [&](std::ptrdiff_t y0, std::ptrdiff_t y1) {
+    forRowRanges(plan.rows(), parallel, [&](std::ptrdiff_t y0, std::ptrdiff_t y1) {
         for (std::ptrdiff_t y = y0; y < y1; ++y) {
-            double s = 0.0;
-            std::int64_t c = 0;
-            for (std::ptrdiff_t x = 0; x < plane.width; ++x) {
-                double const v = static_cast<double>(plane(y, x));
-                if (std::isfinite(v)) {
-                    s += v;
-                    ++c;
+            double* row = d + y * stride;
+            std::ptrdiff_t x = 0;
+            if (y < plane.height) {
+                double s = 0.0;
+                std::int64_t c = 0;
+                for (; x < plane.width; ++x) {
+                    double const v = static_cast<double>(plane(y, x));
+                    bool const finite = std::isfinite(v);
+                    row[x] = finite ? v : 0.0;
+                    if (finite) {
+                        s += v;
+                        ++c;
+                    }
                 }
+                sums[static_cast<std::size_t>(y)] = s;
+                counts[static_cast<std::size_t>(y)] = c;
             }
-            sums[static_cast<std::size_t>(y)] = s;
-            counts[static_cast<std::size_t>(y)] = c;
+            std::fill(row + x, row + stride, 0.0);
         }
     });
     double s = 0.0;
@@ -171,7 +182,18 @@ std::pair<double, std::int64_t> finiteMean(ImageView<const T> plane, bool parall
         c += counts[y];
     }
     std::int64_t const nonFinite = static_cast<std::int64_t>(plane.height * plane.width) - c;
-    return {c > 0 ? s / static_cast<double>(c) : kNaN, nonFinite};
+    double const fill = c > 0 ? s / static_cast<double>(c) : kNaN;
+    if (nonFinite > 0) {
+        forRowRanges(plane.height, parallel, [&](std::ptrdiff_t y0, std::ptrdiff_t y1) {
+            for (std::ptrdiff_t y = y0; y < y1; ++y) {
+                if (counts[static_cast<std::size_t>(y)] == plane.width) continue;
+                double* row = d + y * stride;
+                for (std::ptrdiff_t x = 0; x < plane.width; ++x)
+                    if (!std::isfinite(static_cast<double>(plane(y, x)))) row[x] = fill;
+            }
+        });
+    }
+    return {fill, nonFinite};
 }
 
 void checkScalars(double v, double vt) {
@@ -546,13 +568,11 @@ DecorrelationResult decorrelateImage(DecorrelationInputs<T> const& in, Decorrela
     res.w1 = filter.w1;
     res.w2 = filter.w2;
     res.maxCorr = filter.maxCorr;
-    auto const [fill, nonFinite] = finiteMean(img, parallel);
-    res.fillValue = fill;
-    res.nNonFinite = nonFinite;
-
     // --- corrected image ---
     {
-        placePlane(img, fill, *plan, buf.data(), parallel);
+        auto const [fill, nonFinite] = placeFilledWithMean(img, *plan, buf.data(), parallel);
+        res.fillValue = fill;
+        res.nNonFinite = nonFinite;
         filterInPlace(*plan, buf.data(), filter.corr, parallel, outRow0, outRow0 + oh);
         double const* d = reinterpret_cast<double const*>(buf.data());
         forRowRanges(oh, parallel, [&](std::ptrdiff_t y0, std::ptrdiff_t y1) {

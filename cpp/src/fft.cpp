@@ -201,12 +201,24 @@ void stage5(Complex const* x, Complex* y, std::ptrdiff_t m, std::ptrdiff_t s, Co
 
 // Generic odd radix p with the symmetric pairing of j and p - j:
 //   b_k = a_0 + sum_j cos(2 pi j k / p) (a_j + a_{p-j})  -/+  i sum_j sin(2 pi j k / p) (a_j - a_{p-j}).
-template <bool Inv>
-void stageGeneric(Complex const* x, Complex* y, std::ptrdiff_t m, std::ptrdiff_t s, int p, Complex const* tw,
-                  double const* cosT, double const* sinT) {
+// P > 0 fixes the radix at compile time (7, 11, 13: the loops unroll and the partial sums stay in
+// registers; same operations in the same order as the run-time radix, so the same results).
+template <bool Inv, int P>
+void stageOdd(Complex const* x, Complex* y, std::ptrdiff_t m, std::ptrdiff_t s, int pRun, Complex const* tw,
+              double const* cosT, double const* sinT) {
+    int const p = P > 0 ? P : pRun;
     int const h = (p - 1) / 2;
-    std::vector<Complex> sum(static_cast<std::size_t>(h + 1)), dif(static_cast<std::size_t>(h + 1)),
-        b(static_cast<std::size_t>(p));
+    constexpr int kStack = P > 0 ? (P - 1) / 2 + 1 : 1;
+    Complex sumS[kStack], difS[kStack], bS[P > 0 ? P : 1];
+    std::vector<Complex> sumV, difV, bV;
+    if (P == 0) {
+        sumV.resize(static_cast<std::size_t>(h + 1));
+        difV.resize(static_cast<std::size_t>(h + 1));
+        bV.resize(static_cast<std::size_t>(p));
+    }
+    Complex* const sum = P > 0 ? sumS : sumV.data();
+    Complex* const dif = P > 0 ? difS : difV.data();
+    Complex* const b = P > 0 ? bS : bV.data();
     for (std::ptrdiff_t p2 = 0; p2 < m; ++p2) {
         Complex* y0 = y + s * (p * p2);
         for (std::ptrdiff_t q = 0; q < s; ++q) {
@@ -243,6 +255,17 @@ void stageGeneric(Complex const* x, Complex* y, std::ptrdiff_t m, std::ptrdiff_t
                 for (int c = 1; c < p; ++c) y0[q + s * c] = twiddle<Inv>(b[c], w[c - 1]);
             }
         }
+    }
+}
+
+template <bool Inv>
+void stageGeneric(Complex const* x, Complex* y, std::ptrdiff_t m, std::ptrdiff_t s, int p, Complex const* tw,
+                  double const* cosT, double const* sinT) {
+    switch (p) {
+        case 7: return stageOdd<Inv, 7>(x, y, m, s, p, tw, cosT, sinT);
+        case 11: return stageOdd<Inv, 11>(x, y, m, s, p, tw, cosT, sinT);
+        case 13: return stageOdd<Inv, 13>(x, y, m, s, p, tw, cosT, sinT);
+        default: return stageOdd<Inv, 0>(x, y, m, s, p, tw, cosT, sinT);
     }
 }
 
