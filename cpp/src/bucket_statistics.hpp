@@ -21,9 +21,14 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "candidate_scan.hpp"
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 #include "diffcal/image_view.hpp"
 #include "diffcal/statistics.hpp"
 
@@ -40,16 +45,7 @@ struct KeyOf<double> {
     using type = std::uint64_t;
 };
 
-/// Order-preserving map of a float to an unsigned integer (finite values; -0 sorts below +0).
-template <typename T>
-inline typename KeyOf<T>::type toKey(T v) {
-    using Key = typename KeyOf<T>::type;
-    Key bits;
-    std::memcpy(&bits, &v, sizeof(bits));
-    constexpr Key sign = Key(1) << (sizeof(Key) * 8 - 1);
-    return (bits & sign) ? Key(~bits) : Key(bits | sign);
-}
-
+/// Inverse of the order-preserving key of keyOrAbsent (finite values; -0 sorts below +0).
 template <typename T>
 inline T fromKey(typename KeyOf<T>::type key) {
     using Key = typename KeyOf<T>::type;
@@ -58,6 +54,76 @@ inline T fromKey(typename KeyOf<T>::type key) {
     T v;
     std::memcpy(&v, &bits, sizeof(v));
     return v;
+}
+
+/// The key of v if it is a finite candidate (`unmasked`), else the largest key (no float has it).
+template <typename T>
+inline typename KeyOf<T>::type keyOrAbsent(T v, bool unmasked) {
+    using Key = typename KeyOf<T>::type;
+    using SKey = std::make_signed_t<Key>;
+    constexpr int kBitsM1 = int(sizeof(Key) * 8) - 1;
+    constexpr Key sign = Key(1) << kBitsM1;
+    constexpr Key expMask = std::is_same_v<T, float> ? Key(0x7f800000u) : Key(0x7ff0000000000000ull);
+    Key bits;
+    std::memcpy(&bits, &v, sizeof(bits));
+    Key const key = bits ^ (Key(SKey(bits) >> kBitsM1) | sign);
+    bool const ok = ((bits & expMask) != expMask) & unmasked;
+    return ok ? key : std::numeric_limits<Key>::max();
+}
+
+#if defined(__SSE2__)
+/// keyOrAbsent of a contiguous float32 row (mask row contiguous or null), 4 pixels at a time;
+/// adds the candidates to `count` and their key range to [lo, hi]. Returns the pixels done.
+inline std::ptrdiff_t sse2Keys(float const* row, std::int32_t const* mrow, std::int32_t andMask, std::ptrdiff_t width,
+                               std::uint32_t* out, std::size_t& count, std::uint32_t& lo, std::uint32_t& hi) {
+    __m128i const expMask = _mm_set1_epi32(0x7f800000);
+    __m128i const sign = _mm_set1_epi32(std::int32_t(0x80000000u));
+    __m128i const andv = _mm_set1_epi32(andMask);
+    __m128i const zero = _mm_setzero_si128();
+    __m128i const ones = _mm_set1_epi32(-1);
+    // the key range in signed order (key ^ sign): absent pixels count as the largest value for
+    // the minimum and the smallest for the maximum
+    __m128i sLo = _mm_set1_epi32(0x7fffffff), sHi = _mm_set1_epi32(std::int32_t(0x80000000u));
+    __m128i cnt = zero;
+    std::ptrdiff_t x = 0;
+    for (; x + 4 <= width; x += 4) {
+        __m128i const bits = _mm_loadu_si128(reinterpret_cast<__m128i const*>(row + x));
+        __m128i ok = _mm_xor_si128(_mm_cmpeq_epi32(_mm_and_si128(bits, expMask), expMask), ones);  // finite
+        if (mrow != nullptr) {
+            __m128i const m = _mm_loadu_si128(reinterpret_cast<__m128i const*>(mrow + x));
+            ok = _mm_and_si128(ok, _mm_cmpeq_epi32(_mm_and_si128(m, andv), zero));
+        }
+        __m128i const key = _mm_xor_si128(bits, _mm_or_si128(_mm_srai_epi32(bits, 31), sign));
+        __m128i const stored = _mm_or_si128(_mm_and_si128(ok, key), _mm_andnot_si128(ok, ones));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out + x), stored);
+        cnt = _mm_sub_epi32(cnt, ok);
+        __m128i const sKey = _mm_xor_si128(key, sign);
+        __m128i const forLo = _mm_or_si128(_mm_and_si128(ok, sKey), _mm_andnot_si128(ok, _mm_set1_epi32(0x7fffffff)));
+        __m128i const forHi = _mm_or_si128(_mm_and_si128(ok, sKey), _mm_andnot_si128(ok, sign));
+        __m128i const lt = _mm_cmplt_epi32(forLo, sLo);
+        sLo = _mm_or_si128(_mm_and_si128(lt, forLo), _mm_andnot_si128(lt, sLo));
+        __m128i const gt = _mm_cmpgt_epi32(forHi, sHi);
+        sHi = _mm_or_si128(_mm_and_si128(gt, forHi), _mm_andnot_si128(gt, sHi));
+    }
+    alignas(16) std::int32_t l[4], h[4], c[4];
+    _mm_store_si128(reinterpret_cast<__m128i*>(l), sLo);
+    _mm_store_si128(reinterpret_cast<__m128i*>(h), sHi);
+    _mm_store_si128(reinterpret_cast<__m128i*>(c), cnt);
+    for (int i = 0; i < 4; ++i) {
+        count += std::size_t(c[i]);
+        if (c[i] == 0) continue;  // no candidate in this lane: its range is empty
+        lo = std::min(lo, std::uint32_t(l[i]) ^ 0x80000000u);
+        hi = std::max(hi, std::uint32_t(h[i]) ^ 0x80000000u);
+    }
+    return x;
+}
+#endif
+
+constexpr std::ptrdiff_t kPrefetchRows = 4;
+
+inline void prefetchRow(void const* p, std::ptrdiff_t bytes) {
+    char const* c = static_cast<char const*>(p);
+    for (std::ptrdiff_t o = 0; o < bytes; o += 64) __builtin_prefetch(c + o);
 }
 
 constexpr std::size_t kBins = 2048;
@@ -95,25 +161,50 @@ ClippedStatistics bucketStatistics(ImageView<const T> values, ImageView<const st
         s.sorted.resize(npix);
     }
 
-    // 1. candidate keys and their range (branch-free: every key is stored, the end advances
-    // only for candidates)
+    // 1. keys of all pixels, non-candidates (NaN, Inf, masked) as kAbsent, which sorts above
+    // every candidate; branch-free, so the contiguous case vectorises
+    constexpr Key kAbsent = std::numeric_limits<Key>::max();
     bool const useMask = mask.data != nullptr && control.andMask != 0;
     std::int32_t const andMask = control.andMask;
     Key* const keys = s.keys.data();
     std::size_t n = 0;
-    Key lo = std::numeric_limits<Key>::max(), hi = 0;
+    Key lo = kAbsent, hi = 0;
     for (std::ptrdiff_t y = 0; y < values.height; ++y) {
         T const* row = values.row(y);
         std::int32_t const* mrow = useMask ? mask.row(y) : nullptr;
-        std::ptrdiff_t const vs = values.colStride, ms = mask.colStride;
-        for (std::ptrdiff_t x = 0; x < values.width; ++x) {
-            T const v = row[x * vs];
-            bool const ok = std::isfinite(v) && (mrow == nullptr || (mrow[x * ms] & andMask) == 0);
-            Key const k = toKey(v);
-            keys[n] = k;
-            n += ok;
-            lo = std::min(lo, ok ? k : std::numeric_limits<Key>::max());
-            hi = std::max(hi, ok ? k : Key(0));
+        Key* const out = keys + y * values.width;
+        if (values.colStride == 1 && (mrow == nullptr || mask.colStride == 1)) {
+            // cell rows are short (~1 kB) pieces of long image rows, which hardware prefetchers
+            // do not anticipate: fetch a few rows ahead
+            if (y + kPrefetchRows < values.height) {
+                prefetchRow(values.row(y + kPrefetchRows), values.width * std::ptrdiff_t(sizeof(T)));
+                if (mrow != nullptr) prefetchRow(mask.row(y + kPrefetchRows), values.width * 4);
+            }
+            std::size_t cnt = 0;
+            Key rowLo = kAbsent, rowHi = 0;
+            std::ptrdiff_t x0 = 0;
+#if defined(__SSE2__)
+            if constexpr (std::is_same_v<T, float>) x0 = sse2Keys(row, mrow, andMask, values.width, out, cnt, rowLo, rowHi);
+#endif
+            for (std::ptrdiff_t x = x0; x < values.width; ++x) {
+                Key const k = keyOrAbsent(row[x], mrow == nullptr || (mrow[x] & andMask) == 0);
+                out[x] = k;
+                cnt += k != kAbsent;
+                rowLo = std::min(rowLo, k);
+                rowHi = std::max(rowHi, k == kAbsent ? Key(0) : k);
+            }
+            n += cnt;
+            lo = std::min(lo, rowLo);
+            hi = std::max(hi, rowHi);
+        } else {
+            for (std::ptrdiff_t x = 0; x < values.width; ++x) {
+                Key const k = keyOrAbsent(row[x * values.colStride],
+                                          mrow == nullptr || (mrow[x * mask.colStride] & andMask) == 0);
+                out[x] = k;
+                n += k != kAbsent;
+                lo = std::min(lo, k);
+                hi = std::max(hi, k == kAbsent ? Key(0) : k);
+            }
         }
     }
     ClippedStatistics out;
@@ -123,29 +214,30 @@ ClippedStatistics bucketStatistics(ImageView<const T> values, ImageView<const st
         return out;
     }
 
-    // 2. histogram and stable scatter into bucket order
+    // 2. histogram and stable scatter into bucket order (bucket nb: the absent pixels)
     int shift = 0;
     while (((hi - lo) >> shift) >= Key(kBins)) ++shift;
     std::size_t const nb = std::size_t((hi - lo) >> shift) + 1;
-    s.count.assign(2 * nb, 0);
+    auto bucket = [&](Key k) { return std::min(std::size_t((k - lo) >> shift), nb); };
+    s.count.assign(2 * (nb + 1), 0);
     std::uint32_t* const c0 = s.count.data();
-    std::uint32_t* const c1 = c0 + nb;  // a second histogram for odd positions: shorter store chains
+    std::uint32_t* const c1 = c0 + nb + 1;  // a second histogram for odd positions: shorter store chains
     std::size_t i = 0;
-    for (; i + 2 <= n; i += 2) {
-        ++c0[(keys[i] - lo) >> shift];
-        ++c1[(keys[i + 1] - lo) >> shift];
+    for (; i + 2 <= npix; i += 2) {
+        ++c0[bucket(keys[i])];
+        ++c1[bucket(keys[i + 1])];
     }
-    if (i < n) ++c0[(keys[i] - lo) >> shift];
-    s.start.resize(nb + 1);
+    if (i < npix) ++c0[bucket(keys[i])];
+    s.start.resize(nb + 2);
     std::uint32_t* const start = s.start.data();
     start[0] = 0;
-    for (std::size_t b = 0; b < nb; ++b) start[b + 1] = start[b] + c0[b] + c1[b];
+    for (std::size_t b = 0; b <= nb; ++b) start[b + 1] = start[b] + c0[b] + c1[b];
     std::uint32_t* const pos = c0;  // reused as the scatter cursors
-    for (std::size_t b = 0; b < nb; ++b) pos[b] = start[b];
+    for (std::size_t b = 0; b <= nb; ++b) pos[b] = start[b];
     Key* const sorted = s.sorted.data();
-    for (std::size_t j = 0; j < n; ++j) {
+    for (std::size_t j = 0; j < npix; ++j) {
         Key const k = keys[j];
-        sorted[pos[(k - lo) >> shift]++] = k;
+        sorted[pos[bucket(k)]++] = k;
     }
     auto bucketOf = [&](std::size_t rank) {
         return std::size_t(std::upper_bound(start, start + nb + 1, std::uint32_t(rank)) - start) - 1;

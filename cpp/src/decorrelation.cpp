@@ -87,9 +87,16 @@ void forTasks(std::ptrdiff_t n, bool parallel, std::function<void(std::ptrdiff_t
     }
 }
 
+/// How many tasks to split n independent items into: up to kMaxTasks when running in parallel,
+/// else one (a serial caller, e.g. a cell of the spatial decorrelation, then sets up its
+/// per-task scratch once). Items never depend on the split.
+std::ptrdiff_t taskCount(std::ptrdiff_t n, bool parallel) {
+    return (parallel && getNumThreads() > 1) ? std::min(n, kMaxTasks) : std::min<std::ptrdiff_t>(n, 1);
+}
+
 /// Run body(y0, y1) over a fixed split of [0, rows) into at most kMaxTasks contiguous ranges.
 void forRowRanges(std::ptrdiff_t rows, bool parallel, std::function<void(std::ptrdiff_t, std::ptrdiff_t)> const& body) {
-    std::ptrdiff_t const nTasks = std::min(rows, kMaxTasks);
+    std::ptrdiff_t const nTasks = taskCount(rows, parallel);
     forTasks(nTasks, parallel, [&](std::ptrdiff_t t) { body(rows * t / nTasks, rows * (t + 1) / nTasks); });
 }
 
@@ -158,6 +165,11 @@ std::pair<double, std::int64_t> placeFilledWithMean(ImageView<const T> plane, Re
             double* row = d + y * stride;
             std::ptrdiff_t x = 0;
             if (y < plane.height) {
+                // rows of a cell are short pieces of long image rows: fetch a few rows ahead
+                if (y + 4 < plane.height && plane.colStride == 1) {
+                    char const* next = reinterpret_cast<char const*>(plane.row(y + 4));
+                    for (std::ptrdiff_t o = 0; o < plane.width * std::ptrdiff_t(sizeof(T)); o += 64) __builtin_prefetch(next + o);
+                }
                 double s = 0.0;
                 std::int64_t c = 0;
                 for (; x < plane.width; ++x) {
@@ -348,7 +360,7 @@ KernelPowerCache& kernelPowerCache() {
 void forColumnBlocks(RealFft2d const& plan, bool parallel, int nScratch,
                      std::function<void(std::ptrdiff_t, std::ptrdiff_t, std::ptrdiff_t, Complex**, Complex*)> const& body) {
     std::ptrdiff_t const nBlocks = plan.columnBlockCount();
-    std::ptrdiff_t const nTasks = std::min(nBlocks, kMaxTasks);
+    std::ptrdiff_t const nTasks = taskCount(nBlocks, parallel);
     std::ptrdiff_t const blockSize = plan.rows() * RealFft2d::maxBlockWidth();
     forTasks(nTasks, parallel, [&](std::ptrdiff_t task) {
         std::vector<Complex> scratch(static_cast<std::size_t>(nScratch * blockSize + plan.columnWorkSize()));

@@ -61,6 +61,13 @@ void forTasks(std::ptrdiff_t n, bool parallel, std::function<void(std::ptrdiff_t
     }
 }
 
+/// How many tasks to split n independent items into: up to kMaxTasks when running in parallel,
+/// else one (a serial caller, e.g. a cell of the spatial decorrelation, then sets up its
+/// per-task scratch once). Items never depend on the split.
+std::ptrdiff_t taskCount(std::ptrdiff_t n, bool parallel) {
+    return (parallel && getNumThreads() > 1) ? std::min(n, kMaxTasks) : std::min<std::ptrdiff_t>(n, 1);
+}
+
 std::vector<int> primeFactors(std::ptrdiff_t n) {
     std::vector<int> f;
     for (std::ptrdiff_t p = 2; p * p <= n; ++p) {
@@ -566,7 +573,7 @@ void RealFft2d::rowForward(Complex* z, Complex* work) const {
 }
 
 void RealFft2d::rowsForward(Complex* buffer, bool parallel) const {
-    std::ptrdiff_t const nTasks = std::min(rows_, kMaxTasks);
+    std::ptrdiff_t const nTasks = taskCount(rows_, parallel);
     forTasks(nTasks, parallel, [&](std::ptrdiff_t task) {
         std::ptrdiff_t const y0 = rows_ * task / nTasks, y1 = rows_ * (task + 1) / nTasks;
         std::vector<Complex> work(static_cast<std::size_t>(rowWorkSize()));
@@ -582,7 +589,7 @@ void RealFft2d::rowsInverse(Complex* buffer, bool parallel, std::ptrdiff_t rowBe
     }
     std::ptrdiff_t const nRows = rowEnd - rowBegin;
     if (nRows == 0) return;
-    std::ptrdiff_t const nTasks = std::min(nRows, kMaxTasks);
+    std::ptrdiff_t const nTasks = taskCount(nRows, parallel);
     bool const even = cols_ % 2 == 0;
     std::ptrdiff_t const h = cols_ / 2;
     double const scale = 1.0 / (static_cast<double>(rows_) * static_cast<double>(cols_));
@@ -641,7 +648,7 @@ void RealFft2d::columnTransform(Complex* block, std::ptrdiff_t bw, bool inverse,
 void RealFft2d::columns(Complex* buffer, bool inverse, bool parallel) const {
     if (rows_ == 1) return;
     std::ptrdiff_t const nBlocks = columnBlockCount();
-    std::ptrdiff_t const nTasks = std::min(nBlocks, kMaxTasks);
+    std::ptrdiff_t const nTasks = taskCount(nBlocks, parallel);
     forTasks(nTasks, parallel, [&](std::ptrdiff_t task) {
         std::ptrdiff_t const b0 = nBlocks * task / nTasks, b1 = nBlocks * (task + 1) / nTasks;
         std::vector<Complex> tmp(static_cast<std::size_t>(rows_ * kBlock));
