@@ -12,6 +12,9 @@
 #ifndef DIFFCAL_BUILD_FLAGS
 #define DIFFCAL_BUILD_FLAGS ""
 #endif
+#ifndef DIFFCAL_ISA
+#define DIFFCAL_ISA "baseline"
+#endif
 
 namespace diffcal {
 
@@ -40,6 +43,7 @@ BuildInfo buildInfo() {
     info.buildType = DIFFCAL_BUILD_TYPE;
     info.flags = DIFFCAL_BUILD_FLAGS;
     info.simd = Eigen::SimdInstructionSetsInUse();
+    info.isa = DIFFCAL_ISA;
     info.cxxStandard = static_cast<int>(__cplusplus);
     info.hardwareThreads = static_cast<int>(std::thread::hardware_concurrency());
     return info;

@@ -9,7 +9,12 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from . import _dispatch
+
 __version__ = "0.1.0"
+
+# diffcal._core is the x86-64-v3 build of the core on CPUs that have AVX2/FMA (see _dispatch)
+_dispatch.install()
 
 _SUBMODULES = ("geom", "image", "psf", "kernel", "pipe", "statistics", "mapreduce", "convolve", "decorrelation", "cli")
 

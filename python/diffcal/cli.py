@@ -223,7 +223,8 @@ def collect_info() -> dict[str, Any]:
     -------
     dict
         Flat mapping: ``diffcal_version``, ``core_version``, ``core_path``, ``eigen_version``,
-        ``compiler``, ``build_type``, ``flags``, ``simd``, ``cxx_standard``, ``hardware_threads``,
+        ``compiler``, ``build_type``, ``flags``, ``simd``, ``isa`` (the instruction-set build loaded:
+        baseline, x86-64-v3 or native), ``cxx_standard``, ``hardware_threads``,
         ``num_threads``, ``python_version``, ``python_implementation``, ``platform`` and the
         versions of the dependencies (``numpy_version``, ``scipy_version``, ``astropy_version``,
         ``lsst_pex_config_version``, ``lsst_utils_version``, ``matplotlib_version``; None when not
@@ -252,6 +253,7 @@ def collect_info() -> dict[str, Any]:
         "build_type": str(core["build_type"]),
         "flags": " ".join(str(core["flags"]).split()),
         "simd": str(core["simd"]),
+        "isa": str(core.get("isa", "baseline")),
         "cxx_standard": int(core["cxx_standard"]),
         "hardware_threads": int(core["hardware_threads"]),
         "num_threads": int(core["num_threads"]),
@@ -270,7 +272,7 @@ _CXX_NAMES = {201703: "C++17", 202002: "C++20", 202302: "C++23"}
 def _info_summary(info: dict[str, Any]) -> str:
     return (
         f"{PROG} info: diffcal {info['diffcal_version']}, Eigen {info['eigen_version']}, "
-        f"{info['compiler']} {info['build_type']}, SIMD {info['simd'] or 'none'}, "
+        f"{info['compiler']} {info['build_type']}, {info['isa']} build, SIMD {info['simd'] or 'none'}, "
         f"{info['num_threads']} of {info['hardware_threads']} hardware threads"
     )
 
@@ -290,6 +292,7 @@ def _run_info(args: argparse.Namespace) -> int:
         ("build type", info["build_type"]),
         ("flags", info["flags"] or "(none)"),
         ("SIMD", info["simd"] or "(none)"),
+        ("instruction set", f"{info['isa']} build (DIFFCAL_ISA=baseline forces the portable one)"),
         ("C++ standard", f"{std} ({_CXX_NAMES.get(std, 'C++')})"),
         ("threads", f"{info['num_threads']} used, {info['hardware_threads']} hardware"),
         ("Python", f"{info['python_version']} ({info['python_implementation']}) on {info['platform']}"),

@@ -12,6 +12,7 @@ struct BuildInfo {
     std::string buildType;     // CMake build type
     std::string flags;         // optimisation / arch / sanitizer flags
     std::string simd;          // SIMD instruction sets Eigen vectorises with
+    std::string isa;           // instruction-set level built for: baseline, x86-64-v3 or native
     int cxxStandard = 0;       // value of __cplusplus
     int hardwareThreads = 0;   // std::thread::hardware_concurrency()
 };
