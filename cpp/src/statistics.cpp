@@ -103,25 +103,12 @@ std::vector<T> compactCandidates(ImageView<const T> values, ImageView<const std:
 // ----------------------------------------------------------------------------------------------
 // Exact order statistics
 
-template <typename T>
-struct KeyOf;
-template <>
-struct KeyOf<float> {
-    using type = std::uint32_t;
-};
-template <>
-struct KeyOf<double> {
-    using type = std::uint64_t;
-};
+using detail::bucket::KeyOf;
 
 /// Order-preserving map of a finite float to an unsigned integer.
 template <typename T>
 typename KeyOf<T>::type sortKey(T v) {
-    using Key = typename KeyOf<T>::type;
-    Key bits;
-    std::memcpy(&bits, &v, sizeof(bits));
-    constexpr Key sign = Key(1) << (sizeof(Key) * 8 - 1);
-    return (bits & sign) ? Key(~bits) : Key(bits | sign);
+    return detail::bucket::keyOrAbsent(v, true);
 }
 
 /// Exact k-th smallest value by most-significant-digit radix selection (16 bits per round).

@@ -14,9 +14,15 @@ The algorithm (spec ``mapreduce-decorrelation.md`` §2.2, afw ``Statistics`` sem
 Edge cases: no candidates, or a pass that keeps nothing, gives NaN mean and variance; a pass
 that keeps a single value gives a NaN variance (so the next pass keeps nothing).
 
-The C++ implementation selects the quartiles exactly with a radix selection (no sort, no copy
-of the candidates), runs the clipping passes on all cores, and releases the GIL. Results are
-bit-identical for any thread count.
+The C++ implementation (``cpp/src/statistics.cpp``) is exact whatever the data and releases the
+GIL. Images above 131,072 pixels: one parallel scan planned from a sample (value brackets around
+the quartiles, the moments of a band every clip window contains), exact selections inside the
+brackets, exact fallbacks when the sample misleads. Images of 4,096 to 131,072 pixels (e.g. the
+cells of the spatial decorrelation): a bucket sort of the candidates' order-preserving integer
+keys, the quartiles selected inside the buckets holding their ranks, each clipping pass from the
+moments of the buckets inside its window plus the values of the two buckets that straddle its
+ends (about 3.6 ns per pixel, single-threaded). Smaller images: a compact copy and direct
+selections. Results are bit-identical for any thread count.
 """
 
 from __future__ import annotations
