@@ -12,40 +12,44 @@ one-outlier-per-parameter-group rule and rank-update path):
 * ``fit``: the whole fit sequence (initialisation steps and ``_iterate_fit`` with outlier rejection);
 * ``wcs``: TAN-SIP approximation of the 4000 fitted mappings (solver independent);
 
-and the peak resident memory added during the run (Linux ``VmHWM``). Each solver runs once (a full fit takes
-minutes for the sparse solver); the numbers are single measurements on a shared machine. Results are printed
-and written as JSON (``--out``).
+and the peak resident memory added during the run (Linux ``VmHWM``). Each solver runs once per invocation (the
+sparse fit takes about half an hour). Results are printed and written as JSON (``--out``).
 
-Results (2026-11, Intel Xeon VM with 2 cores, 2 core threads; 871 926 fitted measurements, 108 960 fitted
-stars, 4440 model parameters, 12 069 rejected terms; both solvers reach the same chi2 to 1e-13):
+Results (2026-12-08, Intel Xeon (Sapphire Rapids) VM with 2 cores, 2 core threads, machine otherwise idle;
+871 926 fitted measurements, 108 960 fitted stars, 4440 model parameters, 12 069 rejected terms; both
+solvers reach the same chi2, to 1.2e-13, and the same outliers):
 
-==============================  ===============  ===============  ==========
-outlier rule                    Schur fit        sparse fit       speed-up
-==============================  ===============  ===============  ==========
-reference (one per group/pass)  86 s, +0.9 GiB   2111 s, +8.8 GiB   24x
-removeAllOutliersPerPass        19 s, +0.9 GiB    315 s, +8.8 GiB   17x
-==============================  ===============  ===============  ==========
+==============================  ================  ===============  ==========
+outlier rule                    Schur fit         sparse fit       speed-up
+==============================  ================  ===============  ==========
+reference (one per group/pass)  46.6 s, +0.8 GiB  1684 s, +8.8 GiB  36x
+same, portable build            64.4 s, +0.8 GiB  2111 s (11-22)   33x
+==============================  ================  ===============  ==========
 
-With the reference rule the outlier loop needs 330 passes (at most one rejection per chip and per visit per
-pass); each pass costs a chi2 evaluation over all measurements, a PCG solve of the downdated reduced system
-(~6 iterations, each two triangular solves with the 4440 x 4440 factor) and a back-substitution. prepare
+The first row ran the x86-64-v3 build that diffcal loads on this CPU (``DIFFCAL_ISA=baseline`` forces the
+portable one, second row); the sparse portable figure is from 2026-11-22 (loaded machine).
+With the reference rule the outlier loop needs 330 passes (at most
+one rejection per chip and per visit per pass); each pass costs a chi2 evaluation over all measurements, a PCG
+solve of the downdated reduced system (about 4 iterations, each one pair of triangular solves with the
+4440 x 4440 factor) and a back-substitution. Where the time went on 2026-11-22 (portable build, 56 s on that day's machine; debug log of ``minimize``): 16 s triangular
+solves (reads of the 158 MB factor; Eigen's AVX2/FMA kernels of the x86-64-v3 build take much less), 12 s chi2, 4 s back-substitution, 2 s low-rank
+corrections, 5 s downdates (of which 4.6 s are the 5 refactorizations that fold them in), 8 s for the two
+full builds of the reduced matrix (initialisation and the final pass) and their factorizations. prepare
 (association etc.) takes 0.7 s and the TAN-SIP output 5 s.
+
+Outlier-loop work (2026-11, in order; chi2 and outliers unchanged, parameters equal to rounding):
+``diffcal::parallelFor`` on persistent worker threads and PCG corrections stored as runs of consecutive rows
+(86 s -> 77 s); the downdates folded into the factorization when their PCG products have cost one
+factorization, counted in work, not time (-10 s: fewer PCG iterations, 6 -> 4); chi2 terms with the explicit
+2 x 2 inverse covariance and evaluated 8 measurements at a time per CcdImage (the point loops vectorise;
+-6 s); the back-substitution's first-order mapping changes batched the same way into a per-measurement
+array, then summed per star (-7 s); the fold of the downdates parallel over column ranges (-3 s).
+``removeAllOutliersPerPass=True`` took about 19 s before this work.
 
 Photometry (``--photometry-models``, default ``constrainedMagnitude``; ``none`` to skip): for each model and
 each photometric solver (``photometrySolver`` schur / sparse) the association and the whole photometric fit
 sequence (initialisation steps, ``freezeErrorTransform``, ``_iterate_fit`` with outlier rejection), timed the
 same way (``photometry`` entries of the JSON record).
-
-Outlier-loop work (2026-11): ``diffcal::parallelFor`` runs on persistent worker threads (it used to start and
-join threads on every call: about 36 calls per triangular solve, 8 solves per pass), and the PCG low-rank
-corrections are stored as runs of consecutive rows with contiguous values. Chi2 and parameters are
-bit-identical to before, for any thread count. Alternating before/after runs in one session on the shared
-2-core VM (load 2-3 from other jobs; "prepare + fit" of the reference rule): before 99 s and 129 s wall,
-153 s and 144 s CPU; after 102 s and 85 s wall, 142 s and 137 s CPU; on a heavily loaded machine the
-triangular solves went from 60 s to 33 s. Per pass the Schur path now spends about 87 ms in triangular
-solves (memory-bound reads of the 158 MB factor), 52 ms in the low-rank corrections (which grow to ~4 M
-entries), 45 ms in the back-substitution and 75 ms in the chi2 of 872 000 terms; the 60 s goal is therefore
-not met with the reference rule's 330 sequential passes. The sparse path was not re-run.
 
 Usage::
 
