@@ -25,12 +25,12 @@
 #include <vector>
 
 #include "candidate_scan.hpp"
+#include "diffcal/image_view.hpp"
+#include "diffcal/statistics.hpp"
 
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #endif
-#include "diffcal/image_view.hpp"
-#include "diffcal/statistics.hpp"
 
 namespace diffcal::detail::bucket {
 
@@ -119,12 +119,7 @@ inline std::ptrdiff_t sse2Keys(float const* row, std::int32_t const* mrow, std::
 }
 #endif
 
-constexpr std::ptrdiff_t kPrefetchRows = 4;
-
-inline void prefetchRow(void const* p, std::ptrdiff_t bytes) {
-    char const* c = static_cast<char const*>(p);
-    for (std::ptrdiff_t o = 0; o < bytes; o += 64) __builtin_prefetch(c + o);
-}
+constexpr std::ptrdiff_t kPrefetchRows = 4;  // rows read ahead (ImageView::prefetchRow)
 
 constexpr std::size_t kBins = 2048;
 
@@ -140,12 +135,6 @@ template <typename Key>
 Scratch<Key>& scratch() {
     thread_local Scratch<Key> s;
     return s;
-}
-
-inline double lerp(double a, double b, double t) {
-    if (t == 0.0) return a;
-    double const diff = b - a;
-    return t < 0.5 ? a + diff * t : b - diff * (1.0 - t);
 }
 
 /// Statistics of `values` (see statistics.hpp) by the bucket plan above. kIqrToSigma as there.
@@ -174,12 +163,8 @@ ClippedStatistics bucketStatistics(ImageView<const T> values, ImageView<const st
         std::int32_t const* mrow = useMask ? mask.row(y) : nullptr;
         Key* const out = keys + y * values.width;
         if (values.colStride == 1 && (mrow == nullptr || mask.colStride == 1)) {
-            // cell rows are short (~1 kB) pieces of long image rows, which hardware prefetchers
-            // do not anticipate: fetch a few rows ahead
-            if (y + kPrefetchRows < values.height) {
-                prefetchRow(values.row(y + kPrefetchRows), values.width * std::ptrdiff_t(sizeof(T)));
-                if (mrow != nullptr) prefetchRow(mask.row(y + kPrefetchRows), values.width * 4);
-            }
+            values.prefetchRow(y + kPrefetchRows);
+            if (mrow != nullptr) mask.prefetchRow(y + kPrefetchRows);
             std::size_t cnt = 0;
             Key rowLo = kAbsent, rowHi = 0;
             std::ptrdiff_t x0 = 0;
@@ -317,14 +302,7 @@ ClippedStatistics bucketStatistics(ImageView<const T> values, ImageView<const st
                 }
             }
         }
-        Moments const m = mo.recentred(ref, centre);
-        out.nUsed = m.n;
-        if (m.n == 0) {
-            out.mean = out.variance = kNaN;
-        } else {
-            out.mean = centre + m.sum / double(m.n);
-            out.variance = m.n > 1 ? (m.sumSq - m.sum * m.sum / double(m.n)) / double(m.n - 1) : kNaN;
-        }
+        finishPass(mo.recentred(ref, centre), centre, out);
         centre = out.mean;
         halfWidth = control.nSigma * std::sqrt(out.variance);
     }

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "diffcal/image_view.hpp"
+#include "diffcal/statistics.hpp"
 #include "diffcal/parallel.hpp"
 
 #if defined(__SSE2__)
@@ -41,6 +42,24 @@ struct Moments {
         return Moments{n, sum + double(n) * delta, sumSq + 2.0 * delta * sum + double(n) * delta * delta};
     }
 };
+
+/// numpy's "linear" interpolation between the values a (rank k) and b (rank k + 1).
+inline double lerp(double a, double b, double t) {
+    if (t == 0.0) return a;
+    double const diff = b - a;
+    return t < 0.5 ? a + diff * t : b - diff * (1.0 - t);
+}
+
+/// Mean and unbiased variance of a pass from its moments about `centre`.
+inline void finishPass(Moments const& m, double centre, ClippedStatistics& out) {
+    out.nUsed = m.n;
+    if (m.n == 0) {
+        out.mean = out.variance = std::numeric_limits<double>::quiet_NaN();
+        return;
+    }
+    out.mean = centre + m.sum / double(m.n);
+    out.variance = m.n > 1 ? (m.sumSq - m.sum * m.sum / double(m.n)) / double(m.n - 1) : std::numeric_limits<double>::quiet_NaN();
+}
 
 constexpr int kMaxBounds = 3;
 constexpr int kMaxRanges = 5;

@@ -15,8 +15,6 @@ namespace diffcal::convolution {
 
 namespace {
 
-constexpr std::ptrdiff_t kMaxTasks = 64;
-
 template <typename A, typename B>
 bool overlaps(ImageView<A> const& a, ImageView<B> const& b) {
     if (a.empty() || b.empty()) return false;
@@ -94,7 +92,7 @@ void convolveMaskedImage(ImageView<const T> inImage, ImageView<const T> inVarian
         }
     };
 
-    std::ptrdiff_t const nTasks = std::min(H, kMaxTasks);
+    std::ptrdiff_t const nTasks = std::min(H, kMaxSplitTasks);
     auto body = [&](std::ptrdiff_t task) {
         std::ptrdiff_t const y0 = H * task / nTasks, y1 = H * (task + 1) / nTasks;
         std::vector<double> rowI(static_cast<std::size_t>(W)), rowV(static_cast<std::size_t>(W));

@@ -21,7 +21,6 @@ namespace {
 using fft::Complex;
 using fft::RealFft2d;
 
-constexpr std::ptrdiff_t kMaxTasks = 64;
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 constexpr double kInf = std::numeric_limits<double>::infinity();
 
@@ -79,22 +78,7 @@ private:
     Complex* p_ = nullptr;
 };
 
-void forTasks(std::ptrdiff_t n, bool parallel, std::function<void(std::ptrdiff_t)> const& body) {
-    if (!parallel || n <= 1 || getNumThreads() <= 1) {
-        for (std::ptrdiff_t i = 0; i < n; ++i) body(i);
-    } else {
-        parallelFor(n, body);
-    }
-}
-
-/// How many tasks to split n independent items into: up to kMaxTasks when running in parallel,
-/// else one (a serial caller, e.g. a cell of the spatial decorrelation, then sets up its
-/// per-task scratch once). Items never depend on the split.
-std::ptrdiff_t taskCount(std::ptrdiff_t n, bool parallel) {
-    return (parallel && getNumThreads() > 1) ? std::min(n, kMaxTasks) : std::min<std::ptrdiff_t>(n, 1);
-}
-
-/// Run body(y0, y1) over a fixed split of [0, rows) into at most kMaxTasks contiguous ranges.
+/// Run body(y0, y1) over a fixed split of [0, rows) into at most kMaxSplitTasks contiguous ranges.
 void forRowRanges(std::ptrdiff_t rows, bool parallel, std::function<void(std::ptrdiff_t, std::ptrdiff_t)> const& body) {
     std::ptrdiff_t const nTasks = taskCount(rows, parallel);
     forTasks(nTasks, parallel, [&](std::ptrdiff_t t) { body(rows * t / nTasks, rows * (t + 1) / nTasks); });
@@ -165,11 +149,7 @@ std::pair<double, std::int64_t> placeFilledWithMean(ImageView<const T> plane, Re
             double* row = d + y * stride;
             std::ptrdiff_t x = 0;
             if (y < plane.height) {
-                // rows of a cell are short pieces of long image rows: fetch a few rows ahead
-                if (y + 4 < plane.height && plane.colStride == 1) {
-                    char const* next = reinterpret_cast<char const*>(plane.row(y + 4));
-                    for (std::ptrdiff_t o = 0; o < plane.width * std::ptrdiff_t(sizeof(T)); o += 64) __builtin_prefetch(next + o);
-                }
+                plane.prefetchRow(y + 4);  // a few rows ahead
                 double s = 0.0;
                 std::int64_t c = 0;
                 for (; x < plane.width; ++x) {

@@ -25,7 +25,6 @@ constexpr double kTwoPi = 6.283185307179586476925286766559;
 // whole length go through Bluestein (whose cost is ~2 smooth transforms of length >= 2n).
 constexpr int kGenericLimit = 100;
 // Upper bound on parallel tasks per pass (fixed, so the split never depends on threads).
-constexpr std::ptrdiff_t kMaxTasks = 64;
 
 // --- complex helpers (explicit arithmetic: no NaN-recovery calls of the library operator*) ---
 inline Complex mul(Complex a, Complex b) {
@@ -51,21 +50,6 @@ Complex unitRoot(std::ptrdiff_t k, std::ptrdiff_t n) {
     if (k < 0) k += n;
     double const a = kTwoPi * static_cast<double>(k) / static_cast<double>(n);
     return {std::cos(a), -std::sin(a)};
-}
-
-void forTasks(std::ptrdiff_t n, bool parallel, std::function<void(std::ptrdiff_t)> const& body) {
-    if (!parallel || n <= 1 || getNumThreads() <= 1) {
-        for (std::ptrdiff_t i = 0; i < n; ++i) body(i);
-    } else {
-        parallelFor(n, body);
-    }
-}
-
-/// How many tasks to split n independent items into: up to kMaxTasks when running in parallel,
-/// else one (a serial caller, e.g. a cell of the spatial decorrelation, then sets up its
-/// per-task scratch once). Items never depend on the split.
-std::ptrdiff_t taskCount(std::ptrdiff_t n, bool parallel) {
-    return (parallel && getNumThreads() > 1) ? std::min(n, kMaxTasks) : std::min<std::ptrdiff_t>(n, 1);
 }
 
 std::vector<int> primeFactors(std::ptrdiff_t n) {

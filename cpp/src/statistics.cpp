@@ -37,6 +37,8 @@ namespace diffcal {
 
 namespace {
 
+using detail::finishPass;
+using detail::lerp;
 using detail::Moments;
 
 constexpr double kIqrToSigma = 0.741301109252802;  // 1 / (2 * 0.6744897501960817)
@@ -161,13 +163,6 @@ T radixSelect(std::vector<T> const& values, std::size_t k) {
             return sub[k];
         }
     }
-}
-
-/// numpy's "linear" interpolation between the values a (rank k) and b (rank k + 1).
-double lerp(double a, double b, double t) {
-    if (t == 0.0) return a;
-    double const diff = b - a;
-    return t < 0.5 ? a + diff * t : b - diff * (1.0 - t);
 }
 
 /// Rank k and the interpolation weight of fraction f among n values.
@@ -346,17 +341,6 @@ Moments fullPass(std::vector<T> const& values, double centre, double halfWidth) 
     return total;
 }
 
-/// Mean and unbiased variance of a pass from its moments about `centre`.
-void finishPass(Moments const& m, double centre, ClippedStatistics& out) {
-    out.nUsed = m.n;
-    if (m.n == 0) {
-        out.mean = out.variance = kNaN;
-        return;
-    }
-    out.mean = centre + m.sum / double(m.n);
-    out.variance = m.n > 1 ? (m.sumSq - m.sum * m.sum / double(m.n)) / double(m.n - 1) : kNaN;
-}
-
 /// The reference's clipping passes, each a full pass over a compact candidate copy.
 template <typename T>
 void clipPasses(std::vector<T> const& cand, ClipControl const& control, ClippedStatistics& out) {
@@ -428,18 +412,17 @@ T ceilTo(double x) {
     return v;
 }
 
-/// `marginSigmas`: half-width of the quartile brackets in standard deviations of a sample
-/// quantile's rank (about sqrt(m) / 2 for m sampled values). Wider brackets miss their rank
-/// less often (a miss costs an exact fallback) but collect more values.
+/// `sample` (reordered here): candidates spread over the image (sampleCandidates).
 template <typename T>
 ClippedStatistics plannedStatistics(ImageView<const T> values, ImageView<const std::int32_t> mask,
-                                    ClipControl const& control, std::vector<T>& sample, double marginSigmas) {
+                                    ClipControl const& control, std::vector<T>& sample) {
     using detail::ScanPlan;
     std::size_t const m = sample.size();
     double const fractions[3] = {0.25, 0.5, 0.75};
 
-    // The sample ranks the plan needs: the bracket ends and the sample quartiles.
-    double const margin = 0.5 * marginSigmas * std::sqrt(double(m)) + 16.0;
+    // The sample ranks the plan needs: the bracket ends (the sample quantile +- about 6 sigma of
+    // the sample's rank noise) and the sample quartiles.
+    double const margin = 3.0 * std::sqrt(double(m)) + 16.0;
     std::ptrdiff_t lo[3], hi[3];
     std::vector<std::size_t> wanted;
     for (int q = 0; q < 3; ++q) {
@@ -614,7 +597,7 @@ ClippedStatistics clippedStatistics(ImageView<const T> values, ImageView<const s
     std::size_t const npix = std::size_t(values.size());
     if (npix > kDirectLimit) {
         std::vector<T> sample = sampleCandidates(values, mask, control.andMask);
-        if (sample.size() >= 1024) return plannedStatistics(values, mask, control, sample, 6.0);
+        if (sample.size() >= 1024) return plannedStatistics(values, mask, control, sample);
     } else if (npix >= kBucketMinimum) {
         // decorrelation cells (~5e4 pixels) land here
         return detail::bucket::bucketStatistics(values, mask, control, kIqrToSigma);

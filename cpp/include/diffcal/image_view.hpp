@@ -37,6 +37,15 @@ struct ImageView {
     T& operator()(std::ptrdiff_t y, std::ptrdiff_t x) const { return data[y * rowStride + x * colStride]; }
     T* row(std::ptrdiff_t y) const { return data + y * rowStride; }
 
+    /// Hint the CPU to fetch row y into cache (contiguous rows only; no effect on results). Rows
+    /// of a cell are short pieces of long image rows, which hardware prefetchers do not foresee.
+    void prefetchRow(std::ptrdiff_t y) const {
+        if (colStride != 1 || y < 0 || y >= height) return;
+        char const* p = reinterpret_cast<char const*>(row(y));
+        std::ptrdiff_t const bytes = width * std::ptrdiff_t(sizeof(T));
+        for (std::ptrdiff_t o = 0; o < bytes; o += 64) __builtin_prefetch(p + o);
+    }
+
     /// Same memory, read-only element type.
     operator ImageView<const T>() const { return ImageView<const T>(data, height, width, rowStride, colStride); }
 };

@@ -21,4 +21,25 @@ void setNumThreads(int n);
 /// The first exception thrown by any task is rethrown in the caller after all threads join.
 void parallelFor(std::ptrdiff_t nTasks, std::function<void(std::ptrdiff_t)> const& body);
 
+/// Most tasks a fixed work split uses (results never depend on the split, only speed does).
+constexpr std::ptrdiff_t kMaxSplitTasks = 64;
+
+/// How many tasks to split n independent items into: up to kMaxSplitTasks when running in
+/// parallel, else one (a serial caller, e.g. one cell of a parallel cell mapper, then sets up
+/// per-task scratch once).
+inline std::ptrdiff_t taskCount(std::ptrdiff_t n, bool parallel) {
+    if (n <= 0) return 0;
+    return (parallel && getNumThreads() > 1) ? (n < kMaxSplitTasks ? n : kMaxSplitTasks) : 1;
+}
+
+/// body(i) for i in [0, n): on the worker pool when `parallel` (and more than one thread), else
+/// in order on the calling thread.
+inline void forTasks(std::ptrdiff_t n, bool parallel, std::function<void(std::ptrdiff_t)> const& body) {
+    if (!parallel || n <= 1 || getNumThreads() <= 1) {
+        for (std::ptrdiff_t i = 0; i < n; ++i) body(i);
+    } else {
+        parallelFor(n, body);
+    }
+}
+
 }  // namespace diffcal
