@@ -74,23 +74,26 @@ void MutablePlanes<T>::validate(std::string const& what) const {
 
 namespace detail {
 
-namespace {
-
-std::atomic<bool> gUseSimd{true};
-
-constexpr std::int64_t kBandRows = 16;  // rows per parallel task (fixed: results do not depend on it)
-
-template <typename T>
-inline bool isValid(T a, T b) {
-    T const p = a * b;
-    return p == p;  // !isnan(a * b) in the pixel type
-}
-
 /// A boundary of a patch's column range in the current row (sweep event).
 struct Event {
     std::int64_t x;    // output column (0-based in the row)
     std::int32_t k;    // index of the patch in the row's patch list (patch order)
     bool start;
+};
+
+/// The patches covering one segment: indices into the band's patch list, ascending (= patch order).
+struct PatchSpan {
+    std::int32_t const* first;
+    std::int32_t count;
+    std::int32_t const* begin() const { return first; }
+    std::int32_t const* end() const { return first + count; }
+};
+
+/// A column range [xs, xe) of a row over which the set of covering patches is constant, those
+/// patches being planPatches[first, first + count) (count 0: uncovered).
+struct Segment {
+    std::int64_t xs, xe;
+    std::int32_t first, count;
 };
 
 /// Per-task scratch: accumulators of one output row for the columns covered by several patches
@@ -111,6 +114,12 @@ struct RowScratch {
     std::vector<Event> bandEvents;                  // their column ranges, sorted by column
     std::vector<Event> events;                      // bandEvents of the patches covering one row
     std::vector<std::int32_t> active;  // indices into rowPatches, ascending (= patch order)
+    // The segments of the current row, reused by the following rows until the set of patches
+    // covering the row changes (a patch starts or ends): sweeping the band's events for every
+    // row would cost more than stitching the row's pixels.
+    std::vector<Segment> plan;
+    std::vector<std::int32_t> planPatches;
+    std::vector<std::int64_t> changeRows;  // rows (ascending) where some band patch starts or ends
     explicit RowScratch(std::int64_t width)
         : mask(width),
           weight(width),
@@ -119,6 +128,20 @@ struct RowScratch {
           copyImage(width),
           copyVariance(width) {}
 };
+
+namespace {
+
+std::atomic<bool> gUseSimd{true};
+
+
+constexpr std::int64_t kBandRows = 16;  // rows per parallel task (fixed: results do not depend on it)
+
+template <typename T>
+inline bool isValid(T a, T b) {
+    T const p = a * b;
+    return p == p;  // !isnan(a * b) in the pixel type
+}
+
 
 /// Column range [x0, x1) of one output row and where its pixels go.
 template <typename T>
@@ -219,30 +242,39 @@ void addCopyScalar(T const* pi, std::ptrdiff_t pics, T const* pv, std::ptrdiff_t
     }
 }
 
-/// Output pixel x from the accumulators: returns true when it gets the bad bits.
+/// Output values of a pixel whose valid contributions were copied (Copy: the last one wins, NaN if
+/// none): returns true when it gets the bad bits.
 template <typename T>
-inline bool finalPixel(RowScratch<T> const& s, std::int64_t x, ReduceOperation op, T& img, T& var) {
-    T const nan = std::numeric_limits<T>::quiet_NaN();
-    if (op == ReduceOperation::Copy) {
-        img = s.copyImage.data()[x];
-        var = s.copyVariance.data()[x];
-        return !isValid(img, var);
-    }
-    double const a = s.sumImage.data()[x], b = s.sumVariance.data()[x];
-    bool bad = !isValid(static_cast<T>(a), static_cast<T>(b));  // step 4: NaN products of the sums
+inline bool finalCopy(T copiedImage, T copiedVariance, T& img, T& var) {
+    img = copiedImage;
+    var = copiedVariance;
+    return !isValid(img, var);
+}
+
+/// Output values of a pixel from the double sums of its `w` valid contributions (Sum, Average):
+/// returns true when it gets the bad bits.
+template <typename T>
+inline bool finalSums(ReduceOperation op, double a, double b, std::int32_t w, T& img, T& var) {
+    bool const bad = !isValid(static_cast<T>(a), static_cast<T>(b));  // step 4: NaN products of the sums
     if (op == ReduceOperation::Sum) {
         img = static_cast<T>(a);
         var = static_cast<T>(b);
         return bad;
     }
-    std::int32_t const w = s.weight.data()[x];
     if (w == 0) {  // step 5: no valid contribution
-        img = var = nan;
+        img = var = std::numeric_limits<T>::quiet_NaN();
         return true;
     }
     img = static_cast<T>(a / static_cast<double>(w));
     var = static_cast<T>(b / static_cast<double>(w));
     return bad;
+}
+
+/// Output pixel x from the row accumulators: returns true when it gets the bad bits.
+template <typename T>
+inline bool finalPixel(RowScratch<T> const& s, std::int64_t x, ReduceOperation op, T& img, T& var) {
+    if (op == ReduceOperation::Copy) return finalCopy(s.copyImage.data()[x], s.copyVariance.data()[x], img, var);
+    return finalSums(op, s.sumImage.data()[x], s.sumVariance.data()[x], s.weight.data()[x], img, var);
 }
 
 template <typename T>
@@ -273,30 +305,29 @@ inline int popcount4(int bits) { return (bits & 1) + ((bits >> 1) & 1) + ((bits 
 inline __m128i loadSi(std::int32_t const* p) { return _mm_loadu_si128(reinterpret_cast<__m128i const*>(p)); }
 inline void storeSi(std::int32_t* p, __m128i v) { _mm_storeu_si128(reinterpret_cast<__m128i*>(p), v); }
 
-/// Single-coverage segment, unit strides; processes 4 pixels per step from 0. Returns the first
-/// pixel not processed; adds the valid and flagged counts.
-std::int64_t directSimd(float const* pi, float const* pv, std::int32_t const* pm, std::int64_t n, RowOut<float> const& o,
-                        std::int64_t x0, ReduceOperation op, std::int32_t badBits, std::int64_t& nValid,
-                        std::int64_t& nflag) {
+/// Single-coverage segment, unit strides, of the operation `Op` (hoisted out of the loop), with or
+/// without an input mask row `im`: 4 pixels per step from 0, and when n >= 4 a last step over the
+/// final 4 pixels, whose lanes already done rewrite the same values and are not counted again (the
+/// outputs depend only on the patch pixels, which never alias them). Returns the first pixel not
+/// processed (n when n >= 4); adds the valid and flagged counts.
+template <ReduceOperation Op, bool WithInputMask>
+std::int64_t directSimdOp(float const* pi, float const* pv, std::int32_t const* pm, std::int64_t n, float* oi,
+                          float* ov, std::int32_t* om, std::int32_t const* im, std::int32_t badBits,
+                          std::int64_t& nValid, std::int64_t& nflag) {
     __m128 const zero = _mm_setzero_ps();
     __m128 const nan = _mm_set1_ps(std::numeric_limits<float>::quiet_NaN());
     __m128i const bb = _mm_set1_epi32(badBits);
-    float* const oi = o.oi + x0;
-    float* const ov = o.ov + x0;
-    std::int32_t* const om = o.om + x0;
-    std::int32_t const* const im = o.im != nullptr ? o.im + x0 : nullptr;
     __m128i validLanes = _mm_setzero_si128(), flagLanes = _mm_setzero_si128();  // per-lane counts
-    std::int64_t k = 0;
-    for (; k + 4 <= n; k += 4) {
+    auto step = [&](std::int64_t k, __m128i counted) {
         __m128 const a = _mm_loadu_ps(pi + k), b = _mm_loadu_ps(pv + k);
         __m128 const p = _mm_mul_ps(a, b);
         __m128 const ok = _mm_cmpord_ps(p, p);
         __m128 img, var, bad;
-        if (op == ReduceOperation::Copy) {
+        if constexpr (Op == ReduceOperation::Copy) {
             img = selPs(ok, a, nan);
             var = selPs(ok, b, nan);
             bad = _mm_cmpunord_ps(p, p);
-        } else if (op == ReduceOperation::Sum) {
+        } else if constexpr (Op == ReduceOperation::Sum) {
             img = _mm_and_ps(ok, _mm_add_ps(a, zero));
             var = _mm_and_ps(ok, _mm_add_ps(b, zero));
             bad = zero;
@@ -305,13 +336,23 @@ std::int64_t directSimd(float const* pi, float const* pv, std::int32_t const* pm
             var = selPs(ok, _mm_add_ps(b, zero), nan);
             bad = _mm_cmpunord_ps(p, p);
         }
+        __m128i m = loadSi(pm + k);
+        if constexpr (WithInputMask) m = _mm_or_si128(m, loadSi(im + k));
         _mm_storeu_ps(oi + k, img);
         _mm_storeu_ps(ov + k, var);
-        __m128i m = loadSi(pm + k);
-        if (im != nullptr) m = _mm_or_si128(m, loadSi(im + k));
         storeSi(om + k, _mm_or_si128(m, _mm_and_si128(_mm_castps_si128(bad), bb)));
-        validLanes = _mm_sub_epi32(validLanes, _mm_castps_si128(ok));  // true lanes are -1
-        flagLanes = _mm_sub_epi32(flagLanes, _mm_castps_si128(bad));
+        // true lanes are -1
+        validLanes = _mm_sub_epi32(validLanes, _mm_and_si128(counted, _mm_castps_si128(ok)));
+        flagLanes = _mm_sub_epi32(flagLanes, _mm_and_si128(counted, _mm_castps_si128(bad)));
+    };
+    __m128i const all = _mm_set1_epi32(-1);
+    std::int64_t k = 0;
+    for (; k + 4 <= n; k += 4) step(k, all);
+    if (k < n && n >= 4) {
+        std::int64_t const last = n - 4;
+        __m128i const lane = _mm_set_epi32(3, 2, 1, 0);
+        step(last, _mm_cmpgt_epi32(lane, _mm_set1_epi32(static_cast<int>(k - last) - 1)));  // lanes >= k - last
+        k = n;
     }
     alignas(16) std::int32_t lanes[4];
     _mm_store_si128(reinterpret_cast<__m128i*>(lanes), validLanes);
@@ -319,6 +360,31 @@ std::int64_t directSimd(float const* pi, float const* pv, std::int32_t const* pm
     _mm_store_si128(reinterpret_cast<__m128i*>(lanes), flagLanes);
     nflag += std::int64_t(lanes[0]) + lanes[1] + lanes[2] + lanes[3];
     return k;
+}
+
+template <ReduceOperation Op>
+std::int64_t directSimdMask(float const* pi, float const* pv, std::int32_t const* pm, std::int64_t n,
+                            RowOut<float> const& o, std::int64_t x0, std::int32_t badBits, std::int64_t& nValid,
+                            std::int64_t& nflag) {
+    if (o.im != nullptr) {
+        return directSimdOp<Op, true>(pi, pv, pm, n, o.oi + x0, o.ov + x0, o.om + x0, o.im + x0, badBits, nValid,
+                                      nflag);
+    }
+    return directSimdOp<Op, false>(pi, pv, pm, n, o.oi + x0, o.ov + x0, o.om + x0, nullptr, badBits, nValid, nflag);
+}
+
+std::int64_t directSimd(float const* pi, float const* pv, std::int32_t const* pm, std::int64_t n, RowOut<float> const& o,
+                        std::int64_t x0, ReduceOperation op, std::int32_t badBits, std::int64_t& nValid,
+                        std::int64_t& nflag) {
+    switch (op) {
+        case ReduceOperation::Copy:
+            return directSimdMask<ReduceOperation::Copy>(pi, pv, pm, n, o, x0, badBits, nValid, nflag);
+        case ReduceOperation::Sum:
+            return directSimdMask<ReduceOperation::Sum>(pi, pv, pm, n, o, x0, badBits, nValid, nflag);
+        case ReduceOperation::Average:
+            break;
+    }
+    return directSimdMask<ReduceOperation::Average>(pi, pv, pm, n, o, x0, badBits, nValid, nflag);
 }
 
 std::int64_t directSimd(double const* pi, double const* pv, std::int32_t const* pm, std::int64_t n,
@@ -518,7 +584,7 @@ std::int64_t finalizeSimd(RowScratch<double> const& s, std::int64_t begin, std::
 /// several: accumulate in the scratch row, then write the output.
 template <typename T>
 void accumulatedSegment(std::int64_t xs, std::int64_t xe, std::int64_t outMinX,
-                        std::vector<std::int32_t> const& active, RowScratch<T>& s, RowOut<T> const& o,
+                        PatchSpan active, RowScratch<T>& s, RowOut<T> const& o,
                         ReduceOperation op, std::int32_t badBits, bool simd, std::int64_t y, SegmentStats& st) {
     std::int32_t* const sm = s.mask.data();
     std::int32_t* const wt = s.weight.data();
@@ -573,6 +639,56 @@ void accumulatedSegment(std::int64_t xs, std::int64_t xe, std::int64_t outMinX,
     st.nflag += finalizeScalar(s, x, xe, op, badBits, o);
 }
 
+/// Segments at most this wide that several patches (or none) cover go pixel by pixel through
+/// registers instead of the row accumulators: the one-column overlaps of neighbouring grid cells,
+/// one per cell in every row, where filling and finishing accumulators would cost more than the
+/// pixel itself. Only speed depends on it.
+constexpr std::int64_t kNarrowColumns = 8;
+
+/// Columns [xs, xe) (a narrow segment) covered by exactly the patches `active`, none or several:
+/// the operations of accumulatedSegment, in the same order, one pixel at a time.
+template <typename T>
+void narrowSegment(std::int64_t xs, std::int64_t xe, std::int64_t outMinX, PatchSpan active,
+                   RowScratch<T> const& s, RowOut<T> const& o, ReduceOperation op, std::int32_t badBits,
+                   std::int64_t y, SegmentStats& st) {
+    T const nan = std::numeric_limits<T>::quiet_NaN();
+    for (std::int64_t x = xs; x < xe; ++x) {
+        std::int32_t mask = o.im != nullptr ? o.im[x * o.ims] : 0;
+        std::int32_t w = 0;
+        double sumImage = 0.0, sumVariance = 0.0;
+        T copyImage = nan, copyVariance = nan;
+        for (std::int32_t k : active) {
+            ConstPlanes<T> const& p = *s.rowPatches[static_cast<std::size_t>(k)];
+            std::int64_t const pr = y - p.bbox.minY;
+            std::int64_t const col = x - (p.bbox.minX - outMinX);
+            T const a = p.image.row(pr)[col * p.image.colStride], b = p.variance.row(pr)[col * p.variance.colStride];
+            mask |= p.mask.row(pr)[col * p.mask.colStride];
+            if (isValid(a, b)) {
+                if (op == ReduceOperation::Copy) {
+                    copyImage = a;
+                    copyVariance = b;
+                } else {
+                    sumImage += static_cast<double>(a);
+                    sumVariance += static_cast<double>(b);
+                }
+                ++w;
+            }
+        }
+        st.wmax = std::max(st.wmax, w);
+        st.wmin = std::min(st.wmin, w);
+        st.wsum += w;
+        st.nzero += (w == 0);
+        T img, var;
+        bool const bad = op == ReduceOperation::Copy ? finalCopy(copyImage, copyVariance, img, var)
+                                                     : finalSums(op, sumImage, sumVariance, w, img, var);
+        o.oi[x * o.ics] = img;
+        o.ov[x * o.vcs] = var;
+        o.om[x * o.mcs] = mask | (bad ? badBits : 0);
+        st.nflag += bad;
+    }
+    st.npix += xe - xs;
+}
+
 /// Columns [xs, xe) covered by exactly one patch: straight from the patch to the output.
 template <typename T>
 void directSegment(std::int64_t xs, std::int64_t xe, std::int64_t outMinX, ConstPlanes<T> const& p, RowOut<T> const& o,
@@ -595,41 +711,26 @@ void directSegment(std::int64_t xs, std::int64_t xe, std::int64_t outMinX, Const
     st.addCounts(n, nValid);
 }
 
+/// Rebuild s.plan for row y from the band's events: between consecutive event columns the set of
+/// covering patches is constant.
 template <typename T>
-void stitchOneRow(std::int64_t y, ImageView<const std::int32_t> const& inputMask, MutablePlanes<T> const& out, ReduceOperation op,
-                  std::int32_t badBits, bool simd, RowScratch<T>& s, StitchStats& st) {
-    std::int64_t const W = out.bbox.width();
-    std::int64_t const r = y - out.bbox.minY;
-    RowOut<T> const o{out.image.row(r),
-                out.variance.row(r),
-                out.mask.row(r),
-                out.image.colStride,
-                out.variance.colStride,
-                out.mask.colStride,
-                inputMask.data != nullptr ? inputMask.row(r) : nullptr,
-                inputMask.colStride};
-
-    // the band's patches covering this row, as sweep events (sorted by column once per band)
+void planRow(std::int64_t y, std::int64_t W, RowScratch<T>& s) {
     s.events.clear();
     for (Event const& ev : s.bandEvents) {
         ConstPlanes<T> const* p = s.rowPatches[static_cast<std::size_t>(ev.k)];
         if (y >= p->bbox.minY && y <= p->bbox.maxY) s.events.push_back(ev);
     }
-
-    // sweep the row: between consecutive event columns the set of covering patches is constant
-    SegmentStats seg;
+    s.plan.clear();
+    s.planPatches.clear();
     s.active.clear();
     std::int64_t x = 0;
     std::size_t e = 0;
     while (x < W) {
         std::int64_t const next = e < s.events.size() ? std::min(s.events[e].x, W) : W;
         if (next > x) {
-            if (s.active.size() == 1) {
-                directSegment(x, next, out.bbox.minX, *s.rowPatches[static_cast<std::size_t>(s.active[0])], o, op,
-                              badBits, simd, y, seg);
-            } else {
-                accumulatedSegment(x, next, out.bbox.minX, s.active, s, o, op, badBits, simd, y, seg);
-            }
+            s.plan.push_back(Segment{x, next, static_cast<std::int32_t>(s.planPatches.size()),
+                                     static_cast<std::int32_t>(s.active.size())});
+            s.planPatches.insert(s.planPatches.end(), s.active.begin(), s.active.end());
             x = next;
         }
         for (; e < s.events.size() && s.events[e].x <= x; ++e) {
@@ -639,6 +740,32 @@ void stitchOneRow(std::int64_t y, ImageView<const std::int32_t> const& inputMask
             } else {
                 s.active.erase(std::lower_bound(s.active.begin(), s.active.end(), ev.k));
             }
+        }
+    }
+}
+
+template <typename T>
+void stitchOneRow(std::int64_t y, ImageView<const std::int32_t> const& inputMask, MutablePlanes<T> const& out, ReduceOperation op,
+                  std::int32_t badBits, bool simd, RowScratch<T>& s, StitchStats& st) {
+    std::int64_t const r = y - out.bbox.minY;
+    RowOut<T> const o{out.image.row(r),
+                out.variance.row(r),
+                out.mask.row(r),
+                out.image.colStride,
+                out.variance.colStride,
+                out.mask.colStride,
+                inputMask.data != nullptr ? inputMask.row(r) : nullptr,
+                inputMask.colStride};
+    SegmentStats seg;
+    for (Segment const& sg : s.plan) {
+        PatchSpan const active{s.planPatches.data() + sg.first, sg.count};
+        if (sg.count == 1) {
+            directSegment(sg.xs, sg.xe, out.bbox.minX, *s.rowPatches[static_cast<std::size_t>(active.first[0])], o, op,
+                          badBits, simd, y, seg);
+        } else if (sg.xe - sg.xs <= kNarrowColumns) {
+            narrowSegment(sg.xs, sg.xe, out.bbox.minX, active, s, o, op, badBits, y, seg);
+        } else {
+            accumulatedSegment(sg.xs, sg.xe, out.bbox.minX, active, s, o, op, badBits, simd, y, seg);
         }
     }
 
@@ -683,8 +810,20 @@ RowStitcher<T>::RowStitcher(std::int64_t y0, std::int64_t y1, std::vector<ConstP
 }
 
 template <typename T>
+RowStitcher<T>::~RowStitcher() = default;
+
+template <typename T>
 void RowStitcher<T>::runBand(std::int64_t band) {
-    RowScratch<T> scratch(_output.bbox.width());
+    std::unique_ptr<RowScratch<T>> held;
+    {
+        std::lock_guard<std::mutex> lock(_scratchLock);
+        if (!_idleScratch.empty()) {
+            held = std::move(_idleScratch.back());
+            _idleScratch.pop_back();
+        }
+    }
+    if (!held) held = std::make_unique<RowScratch<T>>(_output.bbox.width());
+    RowScratch<T>& scratch = *held;
     std::int64_t const ya = _y0 + band * kBandRows;
     std::int64_t const yb = std::min(ya + kBandRows - 1, _y1);
     auto const& bucket = _buckets[static_cast<std::size_t>(band)];
@@ -699,9 +838,23 @@ void RowStitcher<T>::runBand(std::int64_t band) {
     }
     std::sort(scratch.bandEvents.begin(), scratch.bandEvents.end(),
               [](Event const& a, Event const& b) { return a.x < b.x; });
+    // rows where the set of covering patches can change: the plan is rebuilt there only
+    scratch.changeRows.clear();
+    for (ConstPlanes<T> const* p : bucket) {
+        if (p->bbox.minY > ya && p->bbox.minY <= yb) scratch.changeRows.push_back(p->bbox.minY);
+        if (p->bbox.maxY >= ya && p->bbox.maxY < yb) scratch.changeRows.push_back(p->bbox.maxY + 1);
+    }
+    std::sort(scratch.changeRows.begin(), scratch.changeRows.end());
+    auto nextChange = scratch.changeRows.begin();
+    std::int64_t const width = _output.bbox.width();
     for (std::int64_t y = ya; y <= yb; ++y) {
+        bool const changed = nextChange != scratch.changeRows.end() && *nextChange == y;
+        while (nextChange != scratch.changeRows.end() && *nextChange <= y) ++nextChange;
+        if (y == ya || changed) planRow<T>(y, width, scratch);
         stitchOneRow<T>(y, _inputMask, _output, _op, _badBits, _simd, scratch, stats);
     }
+    std::lock_guard<std::mutex> lock(_scratchLock);
+    _idleScratch.push_back(std::move(held));
 }
 
 template <typename T>

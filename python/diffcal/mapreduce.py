@@ -180,6 +180,11 @@ def _exposureBBoxTuple(e: Exposure) -> tuple[int, int, int, int]:
     return (x0, y0, x0 + w - 1, y0 + h - 1)
 
 
+def _allSame(objects: list) -> bool:
+    """Whether every element of the (non-empty) list is the same object as the first (C-level loop)."""
+    return all(map(operator.is_, objects, itertools.repeat(objects[0])))
+
+
 def _sameWcs(a: Any, b: Any) -> bool:
     """True when either is None, they are the same object, or they describe the same mapping."""
     if a is None or b is None or a is b:
@@ -496,7 +501,10 @@ class ImageReducer(Task):
         basePlanes = exposure.maskedImage.mask.getMaskPlaneDict()
         extraPlanes: list[tuple[int, dict]] = []
         planesList = list(map(_PLANES, maskObjs))
-        firstIndex = dict(zip(map(id, reversed(planesList)), range(n - 1, -1, -1)))   # id -> first result
+        if n and _allSame(planesList):
+            firstIndex = {id(planesList[0]): 0}
+        else:
+            firstIndex = dict(zip(map(id, reversed(planesList)), range(n - 1, -1, -1)))   # id -> first result
         for i in sorted(firstIndex.values()):
             planes = planesList[i]
             if planes != basePlanes and all(planes != p for _, p in extraPlanes):
@@ -504,7 +512,8 @@ class ImageReducer(Task):
         # every WCS must agree with the exposure's (the stitched PSF lives in its pixel frame)
         wcsRef = exposure.getWcs()
         wcss = list(map(_WCS, items))
-        for wcs in dict(zip(map(id, wcss), wcss)).values():
+        distinctWcs = wcss[:1] if n and _allSame(wcss) else dict(zip(map(id, wcss), wcss)).values()
+        for wcs in distinctWcs:
             if not _sameWcs(wcsRef, wcs):
                 i = next(k for k, w in enumerate(wcss) if w is wcs)
                 raise ValueError(f"mapper result {i}: the WCS of its subExposure differs from the exposure's; "

@@ -33,6 +33,8 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -115,11 +117,17 @@ bool useSimd();
 /// band writes only its own output rows). No validation. Used by stitch() and by the streaming
 /// map-and-stitch driver, which runs bands in the same parallel phase as mapping the next cells.
 template <typename T>
+struct RowScratch;
+
+template <typename T>
 class RowStitcher {
 public:
     RowStitcher(std::int64_t y0, std::int64_t y1, std::vector<ConstPlanes<T> const*> const& patches,
                 ImageView<const std::int32_t> inputMask, MutablePlanes<T> const& output, ReduceOperation op,
                 std::int32_t badBits);
+    ~RowStitcher();
+    RowStitcher(RowStitcher const&) = delete;
+    RowStitcher& operator=(RowStitcher const&) = delete;
     std::int64_t nBands() const { return static_cast<std::int64_t>(_buckets.size()); }
     void runBand(std::int64_t band);
     /// Statistics of the bands run so far (combine after all bands are done).
@@ -134,6 +142,10 @@ private:
     bool _simd;
     std::vector<std::vector<ConstPlanes<T> const*>> _buckets;  // patches intersecting each band
     std::vector<StitchStats> _partial;
+    // Row scratch buffers of finished bands, reused by the next ones (at most one per concurrent
+    // task is ever allocated: fresh per-band buffers cost page faults on every band).
+    std::mutex _scratchLock;
+    std::vector<std::unique_ptr<RowScratch<T>>> _idleScratch;
 };
 
 /// RowStitcher over [y0, y1] with all bands run by parallelFor.
