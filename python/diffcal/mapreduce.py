@@ -396,7 +396,10 @@ class ImageReducer(Task):
         if op == "copy":
             psf = copy.deepcopy(exposure.getPsf())
         else:
-            missing = np.fromiter(map(operator.is_, psfs, itertools.repeat(None)), dtype=bool, count=len(psfs))
+            if psfs and psfs[0] is not None and _allSame(psfs):   # one PSF object for every cell
+                missing = np.zeros(len(psfs), dtype=bool)
+            else:
+                missing = np.fromiter(map(operator.is_, psfs, itertools.repeat(None)), dtype=bool, count=len(psfs))
             if missing.all():
                 psf = None
             elif not missing.any():

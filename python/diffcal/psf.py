@@ -32,8 +32,10 @@ A concrete PSF implements :meth:`Psf.getKernelDimensions` and :meth:`Psf._doComp
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import numbers
+import operator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
@@ -996,7 +998,11 @@ class GridPsf(Psf):
         psfs = tuple(psfs)
         if not psfs:
             raise ValueError("GridPsf needs at least one component")
-        unique = dict(zip(map(id, psfs), psfs))   # usually one object repeated for every cell
+        first = psfs[0]
+        if all(map(operator.is_, psfs, itertools.repeat(first))):   # usually one object for every cell
+            unique = {id(first): first}
+        else:
+            unique = dict(zip(map(id, psfs), psfs))
         for p in unique.values():
             if not isinstance(p, Psf):
                 i = next(k for k, q in enumerate(psfs) if q is p)
