@@ -24,7 +24,10 @@
 // patches is constant. A segment covered by exactly one patch (nearly every pixel of a grid) goes
 // straight from the patch to the output, with the single-contribution results of the rules above
 // (0.0 + a == a + 0, a / 1 == a, so bit-identical); segments covered by several patches (or none)
-// use double accumulators. SSE2 kernels (x86-64) and scalar ones give bit-identical results.
+// use double accumulators (a few columns wide, as where neighbouring grid cells overlap by one
+// column, pixel by pixel in registers, with the same operations in the same order). A row's segments
+// are planned once and reused by the following rows until a patch starts or ends. SSE2 kernels
+// (x86-64) and scalar ones give bit-identical results.
 //
 // Parallelism and determinism: the output is split into fixed bands of rows; each band is handled
 // by one task, which adds the patches that intersect it in patch order. Every pixel's result is
