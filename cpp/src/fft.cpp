@@ -24,7 +24,6 @@ constexpr double kTwoPi = 6.283185307179586476925286766559;
 // Prime factors up to this size use the generic symmetric butterfly; larger ones make the
 // whole length go through Bluestein (whose cost is ~2 smooth transforms of length >= 2n).
 constexpr int kGenericLimit = 100;
-// Upper bound on parallel tasks per pass (fixed, so the split never depends on threads).
 
 // --- complex helpers (explicit arithmetic: no NaN-recovery calls of the library operator*) ---
 inline Complex mul(Complex a, Complex b) {

@@ -109,7 +109,7 @@ from .pipe import (
     Task,
     timeMethod,
 )
-from .psf import SIGMA_TO_FWHM, GridPsf
+from .psf import SIGMA_TO_FWHM, GridPsf, _allSame
 
 __all__ = [
     "ImageMapperConfig",
@@ -178,11 +178,6 @@ def _exposureBBoxTuple(e: Exposure) -> tuple[int, int, int, int]:
     x0, y0 = e.getXY0()
     h, w = e.shape
     return (x0, y0, x0 + w - 1, y0 + h - 1)
-
-
-def _allSame(objects: list) -> bool:
-    """Whether every element of the (non-empty) list is the same object as the first (C-level loop)."""
-    return all(map(operator.is_, objects, itertools.repeat(objects[0])))
 
 
 def _sameWcs(a: Any, b: Any) -> bool:

@@ -36,7 +36,7 @@ import itertools
 import math
 import numbers
 import operator
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -928,6 +928,12 @@ class PsfCoverageError(DiffcalError, ValueError):
     """A :class:`GridPsf` was evaluated at a position that none of its components covers."""
 
 
+def _allSame(objects: Sequence[Any]) -> bool:
+    """Whether every element of the (non-empty) sequence is the same object as the first (a C-level
+    loop: the per-cell checks of a 10^4-cell grid whose cells share one PSF, WCS or plane dict)."""
+    return all(map(operator.is_, objects, itertools.repeat(objects[0])))
+
+
 def _as_bounds_array(bboxes: Any, n: int) -> np.ndarray:
     """``(n, 4)`` int64 array ``(minX, minY, maxX, maxY)`` from Box2I objects or an array."""
     if isinstance(bboxes, np.ndarray):
@@ -998,9 +1004,8 @@ class GridPsf(Psf):
         psfs = tuple(psfs)
         if not psfs:
             raise ValueError("GridPsf needs at least one component")
-        first = psfs[0]
-        if all(map(operator.is_, psfs, itertools.repeat(first))):   # usually one object for every cell
-            unique = {id(first): first}
+        if _allSame(psfs):   # usually one object for every cell
+            unique = {id(psfs[0]): psfs[0]}
         else:
             unique = dict(zip(map(id, psfs), psfs))
         for p in unique.values():
